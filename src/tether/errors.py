@@ -1,0 +1,71 @@
+"""The exceptions of tether, under one root.
+
+TetherError
+├── ConfigError            invalid configuration (the CLI exits 2 naming the setting)
+├── Refusal                a connection attempt refused with a close code and reason
+│   └── InvalidParameter   4000: a query parameter is malformed (names it)
+├── SpawnError             the shell could not be started
+└── ClientError            raised by the client library
+    ├── SessionEnded       the session is gone for good (stop code: 4004, 4012, 4013, …)
+    └── ConnectFailed      a connect attempt failed (unreachable, timeout, retry code)
+"""
+
+from __future__ import annotations
+
+from tether.codes import CloseCode, clip_reason
+
+
+class TetherError(Exception):
+    """Root of every error tether raises on purpose."""
+
+
+class ConfigError(TetherError):
+    """A setting is invalid; ``setting`` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+class Refusal(TetherError):
+    """A WebSocket connection refused by closing with ``code`` and a short ``reason``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = int(code)
+        self.reason = clip_reason(reason)
+
+
+class InvalidParameter(Refusal):
+    """A query parameter is malformed: close 4000 with a reason naming the parameter."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(CloseCode.BAD_REQUEST, f"{parameter}: {message}")
+        self.parameter = parameter
+
+
+class SpawnError(TetherError):
+    """The shell could not be started (missing program, bad directory, no PTY left)."""
+
+
+class ClientError(TetherError):
+    """Base of the client library's errors."""
+
+
+class SessionEnded(ClientError):
+    """The server closed with a stop code: the session cannot be resumed."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"session ended: {code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class ConnectFailed(ClientError):
+    """One connection attempt failed before its hello."""
+
+    def __init__(self, message: str, code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason

@@ -1,0 +1,21 @@
+"""Who is connecting: the owner model of PROTOCOL.md section 1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated principal: its owner name, the projects it may use, operator or not."""
+
+    owner: str
+    projects: frozenset[str] | None = None  # None: every configured project
+    operator: bool = False
+
+    def may_use(self, project: str) -> bool:
+        return self.projects is None or project in self.projects
+
+
+# With authentication off, everyone is the local single user, who is also the operator.
+ANONYMOUS = Identity(owner="anonymous", projects=None, operator=True)

@@ -1,0 +1,94 @@
+"""Logging: the JSON lifecycle log (one object per line, rotated by size) and stderr.
+
+Events come from the session manager and the WebSocket front as ``(event, fields)``; each line
+carries ``ts``, ``event`` and whatever of ``key session project owner client addr pid
+duration_ms code reason`` applies. Credentials are never passed in, and URLs are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import time
+from pathlib import Path
+from typing import Any
+
+LIFECYCLE_LOGGER = "tether.lifecycle"
+_SECRET_FIELDS = frozenset({"token", "authorization", "cookie", "password", "secret"})
+
+
+class JsonLineFormatter(logging.Formatter):
+    """Formats a record carrying ``fields`` as one JSON object."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        line.update({k: v for k, v in fields.items() if k not in _SECRET_FIELDS})
+        return json.dumps(line, default=str, separators=(",", ":"))
+
+
+class HumanFormatter(logging.Formatter):
+    """``time level event key=value …`` for people reading stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = getattr(record, "fields", {})
+        pairs = " ".join(
+            f"{k}={v}" for k, v in fields.items() if v is not None and k not in _SECRET_FIELDS
+        )
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        return f"{stamp} {record.levelname.lower():7} {record.getMessage()} {pairs}".rstrip()
+
+
+def configure(
+    log_file: Path | None, level: str, max_bytes: int, backups: int, stderr: bool = True
+) -> list[logging.Handler]:
+    """Set up the lifecycle logger; returns the handlers it added (to close at shutdown)."""
+    logger = logging.getLogger(LIFECYCLE_LOGGER)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    handlers: list[logging.Handler] = []
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(
+            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+        handler.setFormatter(JsonLineFormatter())
+        handlers.append(handler)
+    if stderr:
+        console = logging.StreamHandler()
+        console.setFormatter(HumanFormatter())
+        handlers.append(console)
+    for handler in handlers:
+        logger.addHandler(handler)
+    return handlers
+
+
+def remove(handlers: list[logging.Handler]) -> None:
+    logger = logging.getLogger(LIFECYCLE_LOGGER)
+    for handler in handlers:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+_ERROR_EVENTS = frozenset({"error"})
+_WARNING_EVENTS = frozenset({"storm", "breaker"})
+
+
+def log_event(event: str, **fields: Any) -> None:
+    """Write one lifecycle event."""
+    logger = logging.getLogger(LIFECYCLE_LOGGER)
+    level = (
+        logging.ERROR
+        if event in _ERROR_EVENTS
+        else logging.WARNING
+        if event in _WARNING_EVENTS
+        else logging.INFO
+    )
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields})

@@ -1,0 +1,347 @@
+"""SessionManager: create-or-attach by composite key, the order of checks, limits, tombstones,
+idle reaping and shutdown. Framework-free: fronts (aiohttp today, ASGI later) call it.
+
+``connect`` runs every check of PROTOCOL.md section 2 in order and creates or attaches in one
+synchronous step — no ``await`` between the lookup and the attach — so concurrent connects for one
+new key create exactly one shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tether import pty
+from tether.codes import CloseCode
+from tether.config import Settings
+from tether.errors import Refusal, SpawnError
+from tether.identity import Identity
+from tether.ids import composite_key, new_session_id, resolve_session_id
+from tether.messages import ConnectParams, creation_size, parse_connect_params
+from tether.session import AttachResult, ClientSink, EndReason, Session, SessionInfo, SessionState
+from tether.shellenv import shell_environment
+from tether.store import MemoryStore, SessionStore, Tombstone
+from tether.storm import StartFailureBreaker, StormDetector
+
+EventListener = Callable[..., None]
+LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith(LOOPBACK_PREFIXES) or address == "localhost"
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """One ``/ws/terminal`` attempt as the front saw it."""
+
+    query: Mapping[str, str]
+    address: str
+    identity: Identity | None  # None: the credential was missing or invalid (4001)
+    origin_ok: bool = True
+    subprotocol_error: Refusal | None = None
+    owner_limit: int | None = None  # sessions per owner, where auth is on
+
+
+@dataclass(frozen=True)
+class Connection:
+    """An admitted connection: the session, the client, and the hello to send first."""
+
+    session: Session
+    attach: AttachResult
+    created: bool
+
+
+class SessionManager:
+    """Owns every live session of this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: SessionStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        listener: EventListener | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store: SessionStore = store or MemoryStore()
+        self.sessions: dict[str, Session] = {}
+        self.key_storms = StormDetector(settings.storm_threshold, settings.storm_window)
+        self.address_storms = StormDetector(settings.address_storm_threshold, settings.storm_window)
+        self.start_failures = StartFailureBreaker()
+        self.accepting = True
+        self._clock = clock
+        self._wall = wall_clock
+        self._listener = listener or (lambda event, **fields: None)
+        self._connection_ids = itertools.count(1)
+        self.counters: dict[str, int] = {"created": 0, "reaped": 0, "killed": 0, "exited": 0}
+
+    # ------------------------------------------------------------------ connect
+    def connect(self, request: ConnectRequest, sink: ClientSink) -> Connection:
+        """Admit or refuse (raise :class:`Refusal`) one connection attempt."""
+        now = self._clock()
+        address_checked = self._check_address(request.address, now)
+        if request.subprotocol_error is not None:
+            raise request.subprotocol_error
+        params = parse_connect_params(request.query)
+        if not self.accepting:
+            raise Refusal(CloseCode.GOING_AWAY, "server draining")
+        if not request.origin_ok:
+            raise Refusal(CloseCode.FORBIDDEN, "origin not allowed")
+        identity = request.identity
+        if identity is None:
+            raise Refusal(CloseCode.UNAUTHORIZED, "missing or invalid credential")
+        ref = resolve_session_id(params.session, owner=identity.owner, project=params.project)
+        project = self.settings.project(params.project)
+        if project is None or not identity.may_use(params.project):
+            raise Refusal(CloseCode.FORBIDDEN, f"project not allowed: {params.project}")
+        key = composite_key(ref.session_id, params.project) if ref.session_id else None
+        if key is not None:
+            self._check_key_storm(key, now)
+        connection = self._lookup_or_create(key, ref.session_id, params, identity, request, sink)
+        if address_checked:
+            self.address_storms.record(request.address, now)
+        if key is not None:
+            self.key_storms.record(key, now)
+        heartbeat = self.settings.heartbeat
+        connection.attach.hello["heartbeat"] = (
+            int(heartbeat) if heartbeat.is_integer() else heartbeat
+        )
+        if ref.legacy is not None:
+            connection.attach.hello["legacy"] = ref.legacy
+        return connection
+
+    def _check_address(self, address: str, now: float) -> bool:
+        if self.settings.storm_exempt_loopback and is_loopback(address):
+            return False
+        decision = self.address_storms.check(address, now)
+        if not decision.allowed:
+            self._emit(
+                "storm",
+                addr=address,
+                scope="address",
+                retry_after=decision.retry_after,
+                tripped=decision.tripped,
+            )
+            raise Refusal(CloseCode.STORM, f"retry-after={decision.retry_after}")
+        return True
+
+    def _check_key_storm(self, key: str, now: float) -> None:
+        decision = self.key_storms.check(key, now)
+        if not decision.allowed:
+            self._emit(
+                "storm",
+                key=key,
+                scope="key",
+                retry_after=decision.retry_after,
+                tripped=decision.tripped,
+            )
+            raise Refusal(CloseCode.STORM, f"retry-after={decision.retry_after}")
+
+    def _lookup_or_create(
+        self,
+        key: str | None,
+        session_id: str | None,
+        params: ConnectParams,
+        identity: Identity,
+        request: ConnectRequest,
+        sink: ClientSink,
+    ) -> Connection:
+        session = self.sessions.get(key) if key else None
+        if session is not None and session.state is not SessionState.ENDED:
+            if session.info.owner != identity.owner:
+                raise Refusal(CloseCode.FORBIDDEN, "session belongs to another owner")
+            input_key = params.client or f"conn-{next(self._connection_ids)}"
+            result = session.attach(
+                sink, params.client, input_key, params.offset, False, params.size
+            )
+            return Connection(session, result, created=False)
+        tombstone = self.store.get_tombstone(key, self._clock()) if key else None
+        if tombstone is not None and tombstone.owner != identity.owner:
+            raise Refusal(CloseCode.FORBIDDEN, "session belongs to another owner")
+        if not params.create:
+            if tombstone is not None:
+                raise Refusal(tombstone.code, tombstone.reason)
+            raise Refusal(CloseCode.NOT_FOUND, "session not found")
+        self._check_limits(identity, request)
+        return self._create(session_id, params, identity, sink)
+
+    def _check_limits(self, identity: Identity, request: ConnectRequest) -> None:
+        if request.owner_limit is not None:
+            owned = sum(1 for s in self.sessions.values() if s.info.owner == identity.owner)
+            if owned >= request.owner_limit:
+                raise Refusal(CloseCode.OWNER_LIMIT, "session limit of this owner reached")
+        if len(self.sessions) >= self.settings.max_sessions:
+            raise Refusal(CloseCode.TRY_AGAIN_LATER, "server at capacity")
+
+    def _create(
+        self, session_id: str | None, params: ConnectParams, identity: Identity, sink: ClientSink
+    ) -> Connection:
+        now = self._clock()
+        retry_after = self.start_failures.check(params.project, now)
+        if retry_after is not None:
+            raise Refusal(
+                CloseCode.TRY_AGAIN_LATER,
+                f"shell start failing for project; retry-after={retry_after}",
+            )
+        session_id = session_id or new_session_id(int(self._wall() * 1000))
+        key = composite_key(session_id, params.project)
+        project = self.settings.project(params.project)
+        assert project is not None
+        cols, rows = creation_size(params)
+        env = shell_environment(self.settings.shell, identity.owner, params.project)
+        try:
+            process = pty.spawn(self.settings.shell, str(project.directory), env, cols, rows)
+        except SpawnError as exc:
+            self.start_failures.record_failure(params.project, now)
+            self._emit("error", key=key, project=params.project, reason=str(exc))
+            raise Refusal(CloseCode.INTERNAL_ERROR, f"cannot start shell: {exc}") from exc
+        self.start_failures.record_success(params.project)
+        self.store.remove_tombstone(key)
+        info = SessionInfo(
+            key=key,
+            session_id=session_id,
+            project=params.project,
+            owner=identity.owner,
+            created_at=self._wall(),
+            cols=cols,
+            rows=rows,
+            pid=process.pid,
+            last_activity=now,
+        )
+        session = Session(info, process, self.settings.buffer_size, self._clock, self._on_exit)
+        self.sessions[key] = session
+        self.store.put(key, self._record(session))
+        self.counters["created"] += 1
+        client_id = params.client
+        input_key = client_id or f"conn-{next(self._connection_ids)}"
+        result = session.attach(sink, client_id, input_key, None, True, None)
+        self._emit(
+            "create",
+            key=key,
+            session=session_id,
+            project=params.project,
+            owner=identity.owner,
+            pid=process.pid,
+        )
+        return Connection(session, result, created=True)
+
+    def _record(self, session: Session) -> dict[str, Any]:
+        info = session.info
+        return {
+            "key": info.key,
+            "session": info.session_id,
+            "project": info.project,
+            "owner": info.owner,
+            "pid": info.pid,
+            "created_at": info.created_at,
+        }
+
+    # ------------------------------------------------------------------ ending
+    def _on_exit(self, session: Session, code: int | None, signum: int | None) -> None:
+        self.counters["exited"] += 1
+        self._emit(
+            "exit",
+            key=session.info.key,
+            session=session.info.session_id,
+            project=session.info.project,
+            owner=session.info.owner,
+            pid=session.info.pid,
+            code=code,
+            signal=signum,
+        )
+        self._end(session, EndReason.EXITED, (code, signum))
+
+    def _end(
+        self, session: Session, reason: EndReason, status: tuple[Any, Any] = (None, None)
+    ) -> None:
+        key = session.info.key
+        if self.sessions.get(key) is session:
+            del self.sessions[key]
+        self.store.remove(key)
+        if reason is not EndReason.SHUTDOWN:
+            now = self._clock()
+            self.store.put_tombstone(
+                Tombstone(
+                    key,
+                    session.info.owner,
+                    reason.code,
+                    reason.reason,
+                    now,
+                    now + self.settings.tombstone_ttl,
+                )
+            )
+        session.end(reason, self.settings.kill_grace, status)
+
+    def kill(self, key: str) -> bool:
+        """End a session on an operator's word: its clients get 4013."""
+        session = self.sessions.get(key)
+        if session is None:
+            return False
+        self.counters["killed"] += 1
+        self._emit(
+            "kill",
+            key=key,
+            session=session.info.session_id,
+            project=session.info.project,
+            owner=session.info.owner,
+            pid=session.info.pid,
+        )
+        self._end(session, EndReason.KILLED)
+        return True
+
+    def clear(self, project: str | None = None, owner: str | None = None) -> list[str]:
+        """Kill every session (of a project / owner); returns their keys."""
+        keys = [
+            k
+            for k, s in self.sessions.items()
+            if (project is None or s.info.project == project)
+            and (owner is None or s.info.owner == owner)
+        ]
+        for key in keys:
+            self.kill(key)
+        self._emit("clear", project=project, count=len(keys))
+        return keys
+
+    def reap_idle(self, now: float | None = None) -> list[str]:
+        """End sessions detached for longer than the idle timeout; prune old state."""
+        now = self._clock() if now is None else now
+        idle = [
+            s
+            for s in self.sessions.values()
+            if s.state is SessionState.DETACHED
+            and now - s.detached_since >= self.settings.idle_timeout
+        ]
+        for session in idle:
+            self.counters["reaped"] += 1
+            self._emit(
+                "reap",
+                key=session.info.key,
+                session=session.info.session_id,
+                project=session.info.project,
+                owner=session.info.owner,
+                pid=session.info.pid,
+                duration_ms=int((now - session.detached_since) * 1000),
+            )
+            self._end(session, EndReason.REAPED)
+        self.store.prune(now)
+        self.key_storms.prune(now)
+        self.address_storms.prune(now)
+        return [s.info.key for s in idle]
+
+    async def shutdown(self) -> None:
+        """End every session (clients get 1001) and wait until every process is reaped."""
+        self.accepting = False
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            self._end(session, EndReason.SHUTDOWN)
+        if sessions:
+            await asyncio.gather(*(s.terminated.wait() for s in sessions))
+
+    def _emit(self, event: str, **fields: Any) -> None:
+        self._listener(event, **fields)

@@ -1,0 +1,202 @@
+"""Spawn, read, write, resize, signal and reap shells in PTYs — the only OS-terminal code.
+
+Facts this module relies on (see PTY-NOTES.md): ``posix_spawn`` with ``setsid`` opens the pts as
+fd 0 after ``setsid``, so it becomes the controlling terminal; the slave must be closed in the
+parent or end-of-file never comes; ignored signals survive exec, so every disposition is reset;
+jobs get process groups of their own, so ending a terminal signals its whole session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import struct
+import termios
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from tether.errors import SpawnError
+
+READ_CHUNK = 65536
+_SPAWN_LOCK = threading.Lock()
+_ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
+
+
+@dataclass
+class PtyProcess:
+    """A shell running on the slave side of a PTY whose master ``fd`` the server holds."""
+
+    pid: int
+    fd: int
+    pidfd: int
+
+    def read_available(self, limit: int) -> tuple[bytes, bool]:
+        """Drain up to ``limit`` bytes without blocking; returns (data, reached_end_of_file)."""
+        parts: list[bytes] = []
+        total = 0
+        while total < limit:
+            try:
+                chunk = os.read(self.fd, min(READ_CHUNK, limit - total))
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # every slave holder is gone: end of file
+                    return b"".join(parts), True
+                raise
+            if not chunk:
+                return b"".join(parts), True
+            parts.append(chunk)
+            total += len(chunk)
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), False
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write what the terminal takes now; returns the number of bytes written (maybe 0)."""
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Set the window size; the kernel sends SIGWINCH to the foreground process group."""
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def poll_exit(self) -> tuple[int | None, int | None] | None:
+        """Reap the shell if it ended: (exit code, signal number), else None."""
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return (None, None)
+        if pid == 0:
+            return None
+        if os.WIFSIGNALED(status):
+            return (None, os.WTERMSIG(status))
+        return (os.waitstatus_to_exitcode(status), None)
+
+    def close_fds(self) -> None:
+        """Close the master and the pidfd (idempotent)."""
+        for name in ("fd", "pidfd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                setattr(self, name, -1)
+
+
+def spawn(
+    argv: Sequence[str], cwd: str, env: Mapping[str, str], cols: int, rows: int
+) -> PtyProcess:
+    """Start ``argv`` in a new session on a new PTY of ``cols``×``rows`` in directory ``cwd``."""
+    master, slave = os.openpty()
+    try:
+        os.set_blocking(master, False)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        slave_path = os.ttyname(slave)
+        pid = _posix_spawn_in(argv, cwd, env, slave_path)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    return PtyProcess(pid=pid, fd=master, pidfd=pidfd)
+
+
+def _posix_spawn_in(argv: Sequence[str], cwd: str, env: Mapping[str, str], slave: str) -> int:
+    # posix_spawn has no chdir action: change directory around the call, under a lock, so no
+    # other spawn runs meanwhile. The server resolves every other path to absolute at start.
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, slave, os.O_RDWR, 0),
+        (os.POSIX_SPAWN_DUP2, 0, 1),
+        (os.POSIX_SPAWN_DUP2, 0, 2),
+    ]
+    with _SPAWN_LOCK:
+        previous = os.getcwd()
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            raise SpawnError(f"cannot enter directory {cwd}: {exc.strerror}") from exc
+        try:
+            return os.posix_spawnp(
+                argv[0],
+                list(argv),
+                dict(env),
+                file_actions=actions,
+                setsid=True,
+                setsigmask=(),
+                setsigdef=_ALL_SIGNALS,
+            )
+        except OSError as exc:
+            raise SpawnError(f"cannot start {argv[0]}: {exc.strerror}") from exc
+        finally:
+            os.chdir(previous)
+
+
+def session_members(sid: int) -> list[int]:
+    """PIDs of every live or zombie process whose session id is ``sid``."""
+    members = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            members.append(int(name))
+    return members
+
+
+def is_zombie_or_gone(pid: int) -> bool:
+    """True when ``pid`` no longer runs (exited, possibly not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+def signal_session(sid: int, signals: Sequence[int]) -> list[int]:
+    """Send each of ``signals`` to every process of terminal session ``sid``; returns the PIDs."""
+    members = session_members(sid)
+    for pid in members:
+        for signum in signals:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+    return members
+
+
+def reap(pids: Sequence[int]) -> None:
+    """Collect the exit status of those ``pids`` that are our children (ignore the others)."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants (jobs of ended shells) our children, so that we reap them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_child_subreaper = 36
+        return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def process_rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0

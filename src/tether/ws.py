@@ -1,0 +1,250 @@
+"""The aiohttp WebSocket front of ``/ws/terminal``: one :class:`TerminalConnection` per socket.
+
+It implements the session's :class:`~tether.session.ClientSink`: a sender task streams the ring
+from the client's position (awaiting the socket's drain, which is what slows a fast program
+while this client lags), a receive loop writes input and answers control messages, and a
+heartbeat task drops a peer that leaves two pings unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from tether.codes import CloseCode, clip_reason
+from tether.errors import Refusal
+from tether.manager import Connection, ConnectRequest
+from tether.messages import (
+    SUBPROTOCOL,
+    Input,
+    MessageError,
+    Ping,
+    Resize,
+    check_subprotocols,
+    parse_client_message,
+)
+from tether.session import Client, Session
+
+if TYPE_CHECKING:
+    from tether.server import Server
+
+from tether.server import SERVER_KEY
+
+ACK_EVERY = 64 * 1024
+ACK_DELAY = 0.05
+_INPUT_BACKLOG = 256 * 1024
+
+
+def _offered_subprotocols(request: web.Request) -> list[str]:
+    header = request.headers.get("Sec-WebSocket-Protocol", "")
+    return [item.strip() for item in header.split(",") if item.strip()]
+
+
+class TerminalConnection:
+    """One client socket attached to one session."""
+
+    def __init__(self, server: Server, request: web.Request, ws: web.WebSocketResponse) -> None:
+        self.server = server
+        self.request = request
+        self.ws = ws
+        self.address = server.client_address(request)
+        self.session: Session | None = None
+        self.client: Client | None = None
+        self._wake = asyncio.Event()
+        self._messages: collections.deque[dict[str, Any]] = collections.deque()
+        self._closing: tuple[int, str] | None = None
+        self._unanswered_pings = 0
+        self._acked_sent = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
+
+    # ---------------------------------------------------------------- ClientSink
+    def wake(self) -> None:
+        self._wake.set()
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        self._messages.append(message)
+        self._wake.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            self._closing = (code, reason)
+        self._wake.set()
+
+    # ---------------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        started = time.perf_counter()
+        try:
+            connection = self.server.manager.connect(self._connect_request(), self)
+        except Refusal as refusal:
+            self.server.on_refused(refusal, self.address)
+            await self.ws.close(code=refusal.code, message=refusal.reason.encode())
+            return
+        self.session, self.client = connection.session, connection.attach.client
+        self.server.on_admitted(connection, self, time.perf_counter() - started)
+        sender = asyncio.create_task(self._send_loop(connection))
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._receive_loop()
+        finally:
+            heartbeat.cancel()
+            if self._ack_timer is not None:
+                self._ack_timer.cancel()
+            self.session.detach(self.client)
+            self.close(CloseCode.NORMAL, "")
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await asyncio.wait_for(sender, timeout=5)
+            self.server.on_detached(connection, self)
+
+    def _connect_request(self) -> ConnectRequest:
+        subprotocol_error = None
+        try:
+            check_subprotocols(_offered_subprotocols(self.request))
+        except Refusal as refusal:
+            subprotocol_error = refusal
+        return ConnectRequest(
+            query=self.request.query,
+            address=self.address,
+            identity=self.server.identify(self.request),
+            origin_ok=self.server.origin_allowed(self.request),
+            subprotocol_error=subprotocol_error,
+            owner_limit=self.server.owner_limit,
+        )
+
+    # ---------------------------------------------------------------- sending
+    async def _send_loop(self, connection: Connection) -> None:
+        session, client, ws = connection.session, connection.attach.client, self.ws
+        try:
+            await ws.send_str(json.dumps(connection.attach.hello))
+            replaying = client.position < client.replay_end or client.nudge_after_replay
+            while self._closing is None:
+                while self._messages:
+                    await ws.send_str(json.dumps(self._messages.popleft()))
+                chunk = session.read_for(client)
+                if chunk:
+                    await ws.send_bytes(chunk)
+                    client.position += len(chunk)
+                    self.server.metrics.output_bytes.inc(len(chunk))
+                    session.client_progressed()
+                    continue
+                if replaying:
+                    replaying = False
+                    session.replay_done(client)
+                if client.final is not None:
+                    message, code, reason = client.final
+                    if message is not None:
+                        await ws.send_str(json.dumps(message))
+                    self.close(code, reason)
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+            code, reason = self._closing or (CloseCode.NORMAL, "")
+            await ws.close(code=code, message=clip_reason(reason).encode())
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away; the receive loop ends too
+
+    def _schedule_ack(self) -> None:
+        assert self.session is not None and self.client is not None
+        count = self.session.input_count(self.client.input_key)
+        if count - self._acked_sent >= ACK_EVERY:
+            self._send_ack()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send_ack)
+
+    def _send_ack(self) -> None:
+        self._ack_timer = None
+        assert self.session is not None and self.client is not None
+        count = self.session.input_count(self.client.input_key)
+        if count != self._acked_sent and self.client.active:
+            self._acked_sent = count
+            self.send_message({"type": "ack", "input": count})
+
+    # ---------------------------------------------------------------- receiving
+    async def _receive_loop(self) -> None:
+        assert self.session is not None and self.client is not None
+        session, client = self.session, self.client
+        async for message in self.ws:
+            if not client.active:
+                continue  # replaced or ended: frames still arriving are ignored
+            if message.type is WSMsgType.BINARY:
+                await self._write_input(message.data)
+            elif message.type is WSMsgType.TEXT:
+                await self._handle_text(message.data)
+            elif message.type is WSMsgType.PING:
+                await self.ws.pong(message.data)
+            elif message.type is WSMsgType.PONG:
+                self._unanswered_pings = 0
+            if self._closing is not None:
+                break
+        del session
+
+    async def _write_input(self, data: bytes) -> None:
+        assert self.session is not None and self.client is not None
+        await self.session.write_input(self.client.input_key, data)
+        self.server.metrics.input_bytes.inc(len(data))
+        self._schedule_ack()
+
+    async def _handle_text(self, text: str) -> None:
+        assert self.session is not None and self.client is not None
+        message = parse_client_message(text)
+        if isinstance(message, Input):
+            await self._write_input(message.data.encode("utf-8"))
+        elif isinstance(message, Resize):
+            self.session.resize(message.cols, message.rows, origin=self.client)
+            self.server.log(
+                "resize",
+                key=self.session.info.key,
+                cols=message.cols,
+                rows=message.rows,
+                addr=self.address,
+                client=self.client.client_id,
+            )
+        elif isinstance(message, Ping):
+            self.send_message({"type": "pong", "t": message.t})
+        elif isinstance(message, MessageError):
+            self.send_message(message.to_wire())
+
+    async def _heartbeat(self) -> None:
+        interval = self.server.settings.heartbeat
+        while True:
+            await asyncio.sleep(interval)
+            if self._unanswered_pings >= 2:
+                self.server.log(
+                    "drop",
+                    key=self.session.info.key if self.session else None,
+                    addr=self.address,
+                    reason="two pings unanswered",
+                )
+                transport = self.request.transport
+                if transport is not None:
+                    transport.abort()
+                return
+            self._unanswered_pings += 1
+            try:
+                await self.ws.ping()
+            except (ConnectionError, RuntimeError):
+                return
+
+
+async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
+    """``GET /ws/terminal``: upgrade, then admit or refuse with a close code."""
+    server: Server = request.app[SERVER_KEY]
+    ws = web.WebSocketResponse(
+        protocols=(SUBPROTOCOL,),
+        autoping=False,
+        max_msg_size=server.settings.max_message_size,
+        compress=False,
+    )
+    await ws.prepare(request)
+    connection = TerminalConnection(server, request, ws)
+    server.connections.add(connection)
+    try:
+        await connection.run()
+    finally:
+        server.connections.discard(connection)
+    return ws

@@ -1,0 +1,177 @@
+"""Ending sessions: operator kill and clear, idle reaping, heartbeat drops, shutdown, the log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import aiohttp
+import pytest
+
+from tests.support.server import inprocess_server, start_server
+from tests.support.wsclient import must_connect, must_refuse, strip_ansi
+from tether import pty
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _processes_of(conn) -> list[int]:
+    await conn.send("sleep 300 & (sleep 301 &) ; echo JOBS-STARTED\r")
+    await conn.read_until("JOBS-STARTED\r\n")
+    await conn.send("echo SID=$$\r")
+    await conn.read_until("\nSID=")
+    await conn.read_until("\r\n", 5)
+    text = strip_ansi(bytes(conn.output))
+    sid = int(text.rsplit("SID=", 1)[1].split()[0])
+    await asyncio.sleep(0.2)
+    members = pty.session_members(sid)
+    assert len(members) >= 3, members
+    return members
+
+
+async def _gone(pids: list[int], timeout: float = 8.0) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if all(pty.is_zombie_or_gone(pid) for pid in pids):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_operator_kill_ends_every_process_and_clients_get_4013() -> None:
+    async with inprocess_server() as srv, aiohttp.ClientSession() as http:
+        conn = await must_connect(srv.ws_url, project="default")
+        members = await _processes_of(conn)
+        key = conn.hello["key"]
+        async with http.delete(f"{srv.base_url}/api/sessions/{key}") as response:
+            assert response.status == 200 and (await response.json())["killed"] == key
+        assert await conn.wait_closed() == 4013
+        assert await _gone(members), "jobs in their own process groups are ended too"
+        late = await must_refuse(
+            srv.ws_url, project="default", session=conn.hello["session"], create=0
+        )
+        assert late.code == 4013
+        await conn.close()
+
+
+async def test_clear_kills_only_the_named_project(tmp_path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with inprocess_server(projects=[f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}"]) as srv:
+        a = await must_connect(srv.ws_url, project="a")
+        b = await must_connect(srv.ws_url, project="b")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{srv.base_url}/api/sessions/clear", json={"project": "a"}) as response,
+        ):
+            body = await response.json()
+        assert body == {"cleared": [a.hello["key"]], "count": 1}
+        assert await a.wait_closed() == 4013
+        await b.send("echo B-ALIVE\r")
+        await b.read_until("B-ALIVE\r\n")
+        await a.close()
+        await b.close()
+
+
+async def test_idle_detached_session_is_reaped_and_reported_4004() -> None:
+    async with inprocess_server(idle_timeout=0.5) as srv:
+        conn = await must_connect(srv.ws_url, project="default")
+        members = await _processes_of(conn)
+        attached = await must_connect(srv.ws_url, project="default")
+        await conn.close()
+        await asyncio.sleep(1.5)
+        assert conn.hello["key"] not in srv.server.manager.sessions
+        assert attached.hello["key"] in srv.server.manager.sessions, "attached ones stay"
+        assert await _gone(members)
+        late = await must_refuse(
+            srv.ws_url, project="default", session=conn.hello["session"], create=0
+        )
+        assert late.code == 4004 and "idle" in late.reason
+        await attached.close()
+
+
+async def test_heartbeat_drops_a_peer_that_never_answers_but_keeps_the_session() -> None:
+    async with inprocess_server(heartbeat=0.2) as srv, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{srv.ws_url}?project=default", autoping=False)
+        hello = json.loads((await ws.receive()).data)
+        pings = 0
+        while True:
+            message = await asyncio.wait_for(ws.receive(), 5)
+            if message.type == aiohttp.WSMsgType.PING:
+                pings += 1
+            elif message.type in (
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.ERROR,
+                aiohttp.WSMsgType.CLOSING,
+            ):
+                break
+        assert pings == 2
+        session = srv.server.manager.sessions[hello["key"]]
+        assert session.state.value == "detached"
+        await ws.close()
+
+
+async def test_answering_pings_keeps_the_connection() -> None:
+    async with inprocess_server(heartbeat=0.1) as srv:
+        conn = await must_connect(srv.ws_url, project="default")
+        for _ in range(8):  # aiohttp answers pings while it receives
+            await conn.pump(0.1)
+        await conn.send("echo STILL\r")
+        await conn.read_until("STILL\r\n")
+        await conn.close()
+
+
+async def test_lifecycle_log_has_one_json_object_per_event(tmp_path) -> None:
+    with start_server() as server:
+        async with aiohttp.ClientSession() as http:
+            conn = await must_connect(server.ws_url, project="default", client="log-client-1")
+            await conn.send_json({"type": "resize", "cols": 100, "rows": 30})
+            await conn.send("echo hi\r")
+            await conn.read_until("hi\r\n")
+            await conn.close()
+            await asyncio.sleep(0.2)
+            async with http.delete(f"{server.base_url}/api/sessions/{conn.hello['key']}"):
+                pass
+        await asyncio.sleep(0.5)
+        lines = [json.loads(line) for line in server.log_file.read_text().splitlines()]
+    events = [line["event"] for line in lines]
+    for event in ("listen", "create", "attach", "resize", "detach", "kill"):
+        assert event in events, events
+    create = next(line for line in lines if line["event"] == "create")
+    assert {"ts", "key", "session", "project", "owner", "pid"} <= create.keys()
+    attach = next(line for line in lines if line["event"] == "attach")
+    assert attach["client"] == "log-client-1" and attach["addr"] == "127.0.0.1"
+    assert "duration_ms" in attach
+    detach = next(line for line in lines if line["event"] == "detach")
+    assert detach["code"] == 1000
+
+
+async def test_sigterm_tells_clients_1001_and_ends_every_shell() -> None:
+    server = start_server()
+    try:
+        conn = await must_connect(server.ws_url, project="default")
+        members = await _processes_of(conn)
+        os.kill(server.pid, signal.SIGTERM)
+        assert await conn.wait_closed() == 1001
+        assert server.stop() == 0
+        assert await _gone(members)
+        await conn.close()
+    finally:
+        server.cleanup()
+
+
+async def test_drain_stops_accepting_and_says_1001() -> None:
+    async with inprocess_server(drain_grace=0.2) as srv, aiohttp.ClientSession() as http:
+        conn = await must_connect(srv.ws_url, project="default")
+        async with http.post(f"{srv.base_url}/api/drain") as response:
+            assert response.status == 202
+        assert await conn.wait_closed() == 1001
+        async with http.get(f"{srv.base_url}/readyz") as response:
+            assert response.status == 503
+        refused = await must_refuse(srv.ws_url, project="default")
+        assert refused.code == 1001
+        await asyncio.sleep(0.5)
+        assert srv.server.manager.sessions == {}
+        await conn.close()
