@@ -21,6 +21,7 @@ from tether.ids import is_valid_project_id
 
 ENV_PREFIX = "TETHER_"
 MiB = 1024 * 1024
+DEFAULT_LOG_FILE = "logs/terminal-websocket.log"
 
 
 class Project(BaseModel):
@@ -136,6 +137,7 @@ def build_settings(*layers: Mapping[str, Any], cwd: Path | None = None) -> Setti
     merged["shell"] = _shell(merged.get("shell"))
     if isinstance(merged.get("log_file"), str) and merged["log_file"].strip() in {"", "-"}:
         merged["log_file"] = None
+    merged.setdefault("log_file", DEFAULT_LOG_FILE)
     if merged.get("log_file") is not None:
         merged["log_file"] = (base / Path(merged["log_file"])).resolve()
     try:

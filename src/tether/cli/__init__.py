@@ -22,7 +22,7 @@ for _name in _COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     try:
-        cli.main(args=argv, prog_name="tether", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="tether", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.Abort:
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    return 0
+    # Without standalone mode click returns a command's value, or the code of a click Exit.
+    return result if isinstance(result, int) else 0
 
 
 __all__ = ["cli", "main"]
