@@ -1,0 +1,105 @@
+"""The loopback TCP proxy: forwarding, cut, restore, abort."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tether.proxy import TcpProxy
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def echo_port() -> AsyncIterator[int]:
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def roundtrip(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(len(payload)), 5)
+    finally:
+        writer.close()
+
+
+async def test_forwards_both_ways(echo_port: int) -> None:
+    async with TcpProxy("127.0.0.1", echo_port) as proxy:
+        payload = bytes(range(256)) * 1000
+        assert await roundtrip(proxy.port, payload) == payload
+        stats = proxy.statistics()
+        assert stats.accepted == 1
+        assert stats.bytes_up == len(payload)
+        assert stats.bytes_down == len(payload)
+        assert proxy.url() == f"ws://127.0.0.1:{proxy.port}/ws/terminal"
+
+
+async def test_cut_aborts_and_refuses_then_restore_on_same_port(echo_port: int) -> None:
+    async with TcpProxy("127.0.0.1", echo_port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"x")
+        assert await reader.readexactly(1) == b"x"
+        port = proxy.port
+        proxy.cut()
+        assert proxy.is_cut
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            data = await asyncio.wait_for(reader.read(1), 5)
+            if not data:
+                raise ConnectionResetError
+        writer.close()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", port)
+        await proxy.restore()
+        assert proxy.port == port and not proxy.is_cut
+        assert await roundtrip(port, b"again") == b"again"
+
+
+async def test_abort_all_keeps_listening(echo_port: int) -> None:
+    async with TcpProxy("127.0.0.1", echo_port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"1")
+        await reader.readexactly(1)
+        assert proxy.abort_all() == 1
+        assert await asyncio.wait_for(reader.read(1), 5) == b""
+        writer.close()
+        assert await roundtrip(proxy.port, b"2") == b"2"
+        assert proxy.statistics().aborted == 1
+
+
+async def test_random_aborts_use_injected_random(echo_port: int) -> None:
+    async with TcpProxy("127.0.0.1", echo_port, abort_probability=0.5, random=lambda: 0.1) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        writer.write(b"doomed")
+        assert await asyncio.wait_for(reader.read(10), 5) == b""
+        writer.close()
+        p.abort_probability = 0.0
+        assert await roundtrip(p.port, b"fine") == b"fine"
+
+
+async def test_unreachable_target_closes_client() -> None:
+    probe = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    dead_port = probe.sockets[0].getsockname()[1]
+    probe.close()
+    await probe.wait_closed()
+    async with TcpProxy("127.0.0.1", dead_port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        with pytest.raises(ConnectionError):
+            if not await asyncio.wait_for(reader.read(1), 5):
+                raise ConnectionResetError
+        writer.close()
