@@ -1,0 +1,188 @@
+"""Building blocks of ``tether check``: results, figures, and a shell probe over a Terminal.
+
+No printing here: scenarios return :class:`ScenarioResult` records, the CLI renders them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tether.client import Terminal, connect
+from tether.codes import CloseCode, retry_after_seconds
+from tether.errors import ClientError, ConnectFailed
+
+Status = Literal["pass", "fail", "skip"]
+CANONICAL_ID = re.compile(r"session_[0-9]{13}_[a-z0-9]{6,32}")
+STORM_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """The outcome of one scenario: its status, its figures, and what went wrong."""
+
+    name: str
+    status: Status
+    figures: dict[str, Any]
+    failures: tuple[str, ...]
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        """True unless the scenario failed (a skipped scenario does not fail the run)."""
+        return self.status != "fail"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "name": self.name,
+            "status": self.status,
+            "figures": self.figures,
+            "failures": list(self.failures),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class Context:
+    """What every scenario is told: the server, the project, and the client-side time scale."""
+
+    url: str  # the WebSocket endpoint
+    project: str
+    token: str | None = None
+    time_scale: float = 1.0
+    strict: bool = False
+    notes: dict[str, Any] = field(default_factory=dict)  # facts one scenario leaves for another
+
+    def now(self) -> float:
+        """The event loop's clock."""
+        return asyncio.get_running_loop().time()
+
+
+class Outcome:
+    """Collects a scenario's figures and failed expectations."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.figures: dict[str, Any] = {}
+        self.failures: list[str] = []
+        self.skipped = ""
+
+    def expect(self, condition: bool, message: str) -> bool:
+        """Record ``message`` as a failure unless ``condition``; returns ``condition``."""
+        if not condition:
+            self.failures.append(message)
+        return condition
+
+    def result(self, seconds: float) -> ScenarioResult:
+        """The final record."""
+        status: Status = "fail" if self.failures else ("skip" if self.skipped else "pass")
+        if self.skipped:
+            self.figures.setdefault("skipped", self.skipped)
+        return ScenarioResult(self.name, status, self.figures, tuple(self.failures), seconds)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in (0, 1]) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.4999)))
+    return ordered[rank - 1]
+
+
+def summary_ms(values: list[float]) -> dict[str, float]:
+    """Median, p95 and p99 of durations in seconds, as milliseconds."""
+    if not values:
+        return {}
+    return {
+        "median_ms": round(statistics.median(values) * 1000, 2),
+        "p95_ms": round(percentile(values, 0.95) * 1000, 2),
+        "p99_ms": round(percentile(values, 0.99) * 1000, 2),
+        "samples": len(values),
+    }
+
+
+async def open_terminal(ctx: Context, url: str | None = None, **options: Any) -> Terminal:
+    """Connect, waiting out a server storm refusal (4129 ``retry-after``) a few times."""
+    options.setdefault("ping_interval", None)
+    for _ in range(STORM_RETRIES):
+        try:
+            return await connect(
+                url or ctx.url,
+                project=ctx.project,
+                token=ctx.token,
+                time_scale=ctx.time_scale,
+                **options,
+            )
+        except ConnectFailed as exc:
+            if exc.code != CloseCode.STORM:
+                raise
+            await asyncio.sleep(retry_after_seconds(exc.reason) or 1)
+    raise ConnectFailed("refused by the storm detector again and again", CloseCode.STORM)
+
+
+class Probe:
+    """Reads a terminal's output while keeping a transcript of every stream byte read."""
+
+    def __init__(self, term: Terminal) -> None:
+        self.term = term
+        self.start = int(term.hello.get("replay_from", 0))  # stream position of transcript[0]
+        self.transcript = bytearray()
+
+    async def wait_for(self, pattern: re.Pattern[bytes], timeout: float = 10.0) -> re.Match[bytes]:
+        """Read until ``pattern`` matches the bytes read by this probe so far."""
+        async with asyncio.timeout(timeout):
+            while (match := pattern.search(self.transcript)) is None:
+                await self.read_some()
+        return match
+
+    async def shell_pid(self, timeout: float = 10.0) -> int:
+        """Ask the shell for its PID with a fresh nonce (proves the shell itself answers)."""
+        nonce = "tq" + secrets.token_hex(6)
+        # The echoed command line shows "tq… $$", never "tq…-<digits>": only the shell's answer
+        # matches.
+        await self.term.send(f"printf '%s-%s\\n' {nonce} $$\r")
+        match = await self.wait_for(re.compile(rb"%s-(\d+)" % nonce.encode()), timeout)
+        return int(match.group(1))
+
+    async def drain(self) -> None:
+        """After the terminal closed: read what is left of the output."""
+        async for chunk in self.term.output():
+            self.transcript += chunk
+
+    async def read_some(self) -> None:
+        """Read one more chunk into the transcript."""
+        async for chunk in self.term.output():
+            self.transcript += chunk
+            return
+        raise ConnectFailed("the terminal closed")
+
+
+async def end_shell(term: Terminal, timeout: float = 5.0) -> bool:
+    """End a shell a check started (``exit``), so that no session is left behind.
+
+    Returns True when the server confirmed (4012); otherwise the terminal is just closed.
+    """
+    try:
+        await term.send("exit\r")
+        async with asyncio.timeout(timeout):
+            ended = await term.wait_closed()
+        return ended is not None and ended.code == CloseCode.EXITED
+    except (TimeoutError, ClientError):
+        return False
+    finally:
+        await term.close()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; raises TimeoutError naming ``what``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.002)
+    except TimeoutError:
+        raise TimeoutError(f"timed out waiting for {what}") from None

@@ -1,0 +1,101 @@
+"""``tether attach``: the local terminal on a session (see :mod:`tether.attach`)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import click
+
+from tether.attach import Attachment, AttachResult, window_size
+from tether.cli._group import cli
+from tether.cli.check import CommandFailed
+from tether.client import Terminal, fetch_projects, websocket_url
+from tether.errors import ClientError, SessionEnded
+
+DEFAULT_URL = "ws://127.0.0.1:4001"
+
+
+def _status(message: str) -> None:
+    # Raw mode: a line of its own, in reverse video, with explicit CR LF.
+    sys.stderr.write(f"\r\n\x1b[7m[tether] {message}\x1b[0m\r\n")
+    sys.stderr.flush()
+
+
+async def _attach(
+    url: str, project: str | None, session: str | None, token: str | None
+) -> tuple[AttachResult, str]:
+    project = project or (await fetch_projects(url, token=token) or ["default"])[0]
+    cols, rows = window_size(sys.stdout.fileno())
+    term = Terminal(
+        url,
+        project=project,
+        session=session,
+        token=token,
+        cols=cols,
+        rows=rows,
+        create=session is None,
+    )
+    await term.open()
+    try:
+        attachment = Attachment(term, sys.stdin.fileno(), sys.stdout.fileno(), _status)
+        return await attachment.run(), project
+    finally:
+        await term.close()
+
+
+def _report(result: AttachResult, url: str, project: str) -> int:
+    if result.reason == "ended" and result.ended is not None:
+        click.echo(
+            f"\r\n[tether] session {result.session_id} ended: {_why(result.ended)}", err=True
+        )
+        return 0 if result.ended.code == 4012 else 1
+    again = f"tether attach {url} --project {project}"
+    click.echo(f"\r\n[tether] detached from session {result.session_id}", err=True)
+    click.echo(f"[tether] re-attach: {again} --session {result.session_id}", err=True)
+    return 0
+
+
+def _why(ended: SessionEnded) -> str:
+    return f"{ended.code} {ended.reason}".strip()
+
+
+@cli.command("attach")
+@click.argument("url", required=False)
+@click.option(
+    "--url",
+    "url_option",
+    default=None,
+    metavar="URL",
+    help="server: ws://host:port/ws/terminal, ws://host:port or http://host:port",
+)
+@click.option("--project", default=None, help="project id (default: the server's first)")
+@click.option("--session", default=None, help="session to attach (default: a new one)")
+@click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
+def attach(
+    url: str | None,
+    url_option: str | None,
+    project: str | None,
+    session: str | None,
+    token: str | None,
+) -> None:
+    """Attach this terminal to a session. Detach with Ctrl-\\ then d (the session keeps running).
+
+    URL may be the WebSocket endpoint or the server's base URL (default ws://127.0.0.1:4001).
+    Without --session a new session is created; its id is printed on detach.
+    """
+    target = url_option or url or DEFAULT_URL
+    try:
+        websocket_url(target)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from None
+    try:
+        result, project = asyncio.run(_attach(target, project, session, token))
+    except SessionEnded as exc:
+        click.echo(f"tether: cannot attach: {_why(exc)}", err=True)
+        raise CommandFailed() from None
+    except ClientError as exc:
+        click.echo(f"tether: {exc}", err=True)
+        raise CommandFailed() from None
+    if _report(result, target, project):
+        raise CommandFailed()

@@ -1,0 +1,636 @@
+"""The asyncio client: one logical terminal that survives any number of disconnects.
+
+::
+
+    async with tether.client.connect("ws://127.0.0.1:4001", project="web") as term:
+        await term.send("ls\\r")
+        async for chunk in term.output():
+            ...
+
+:class:`Terminal` resumes by ``offset`` after every lost connection (with ``create=0``, so a
+session that is gone raises :class:`~tether.errors.SessionEnded` instead of being silently
+replaced), keeps unacknowledged input and re-sends exactly what the server has not written
+(PROTOCOL.md section 4), honours every close code (section 6) and follows the reconnection policy of
+:mod:`tether.policy` (section 7). The first connect is not retried: its failure raises
+:class:`~tether.errors.ConnectFailed` (or ``SessionEnded`` for a stop code) from ``open()``.
+
+**URLs.** Every tool accepts the WebSocket endpoint (``ws://host:port/ws/terminal``) or the
+server's base URL (``ws://host:port``, ``http://host:port``, ``https://…`` → ``wss://…``, a bare
+``host:port``, and base paths behind a reverse proxy such as ``https://host/tether``);
+:func:`websocket_url` and :func:`http_url` turn any of them into the form each side needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable, Generator
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from tether.client_events import (
+    ClientEvent,
+    Connected,
+    Disconnected,
+    EventListener,
+    Exited,
+    Gap,
+    Latency,
+    Resized,
+    ServerError,
+)
+from tether.codes import CloseCode, is_stop_code
+from tether.errors import ClientError, ConnectFailed, SessionEnded
+from tether.policy import PolicyEvent, ReconnectPolicy, State
+
+__all__ = [
+    "ClientEvent",
+    "Connected",
+    "Disconnected",
+    "Exited",
+    "Gap",
+    "Latency",
+    "Resized",
+    "ServerError",
+    "Terminal",
+    "connect",
+    "fetch_json",
+    "fetch_projects",
+    "http_url",
+    "websocket_url",
+]
+
+SUBPROTOCOL = "tether.v1"
+WEBSOCKET_PATH = "/ws/terminal"
+CONNECT_TIMEOUT = 10.0
+PING_INTERVAL = 25.0
+MAX_INPUT_FRAME = 65536
+SCREEN_RESET = b"\x1bc"
+_ENDED = (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+# ------------------------------------------------------------------------------------- URLs
+def _split(url: str) -> tuple[str, str, str]:
+    """(scheme, netloc, base path) of any accepted form of a server URL."""
+    parts = urlsplit(url if "://" in url else f"ws://{url}")
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES or not parts.hostname:
+        raise ValueError(f"not a tether URL: {url!r} (use ws://host:port or http://host:port)")
+    path = parts.path.rstrip("/")
+    path = path.removesuffix(WEBSOCKET_PATH)
+    return scheme, parts.netloc, path
+
+
+def websocket_url(url: str) -> str:
+    """The WebSocket endpoint (``ws[s]://host:port[/base]/ws/terminal``) for any server URL."""
+    scheme, netloc, path = _split(url)
+    return urlunsplit((_SCHEMES[scheme], netloc, path + WEBSOCKET_PATH, "", ""))
+
+
+def http_url(url: str) -> str:
+    """The server's HTTP base URL (``http[s]://host:port[/base]``, no trailing slash)."""
+    scheme, netloc, path = _split(url)
+    secure = _SCHEMES[scheme] == "wss"
+    return urlunsplit(("https" if secure else "http", netloc, path, "", ""))
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def fetch_json(url: str, path: str, *, token: str | None = None, timeout: float = 10) -> Any:
+    """GET ``path`` (e.g. ``/stats/sessions``) from the server at ``url``; the decoded JSON."""
+    target = http_url(url) + path
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(target, headers=_auth_headers(token)) as response,
+        ):
+            response.raise_for_status()
+            return await response.json()
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        raise ConnectFailed(f"GET {target} failed: {_describe(exc)}") from exc
+
+
+async def fetch_projects(url: str, *, token: str | None = None) -> list[str]:
+    """The ids of the projects the caller may use (``GET /api/projects``), in server order."""
+    projects = await fetch_json(url, "/api/projects", token=token)
+    return [str(project["id"]) for project in projects]
+
+
+class _OutputBuffer:
+    """Output chunks between the connection and ``output()``: bounded, closable, never lossy."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: collections.deque[tuple[bool, bytes]] = collections.deque()
+        self._limit = limit
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.is_closed = False
+
+    async def put(self, is_stream: bool, data: bytes) -> None:
+        """Queue a chunk, waiting while the buffer is full (so the server slows down)."""
+        await self._writable.wait()
+        self._items.append((is_stream, data))
+        self._readable.set()
+        if len(self._items) >= self._limit:
+            self._writable.clear()
+
+    async def get(self) -> tuple[bool, bytes] | None:
+        """The next chunk; None once closed and drained."""
+        while not self._items:
+            if self.is_closed:
+                return None
+            self._readable.clear()
+            await self._readable.wait()
+        self._writable.set()
+        return self._items.popleft()
+
+    def close(self) -> None:
+        """No more chunks will come; wake every waiter."""
+        self.is_closed = True
+        self._readable.set()
+        self._writable.set()
+
+
+def new_client_id() -> str:
+    """A random client id (PROTOCOL.md section 1)."""
+    return "py_" + secrets.token_hex(12)
+
+
+# --------------------------------------------------------------------------------- terminal
+class Terminal:
+    """One logical terminal session; create it with :func:`connect`.
+
+    ``output()`` yields the session's output stream exactly (no loss, no repetition) across
+    reconnects, unless the server reports a :class:`Gap`. Input given to :meth:`send` is written
+    exactly once. Use as ``async with connect(...) as term`` or ``term = await connect(...)``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        project: str,
+        session: str | None = None,
+        client_id: str | None = None,
+        cols: int = 80,
+        rows: int = 24,
+        token: str | None = None,
+        create: bool = True,
+        offset: int | None = None,
+        time_scale: float = 1.0,
+        jitter: float = 0.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        ping_interval: float | None = PING_INTERVAL,
+        output_chunks: int = 1024,
+        policy: ReconnectPolicy | None = None,
+    ) -> None:
+        self.url = websocket_url(url)
+        self.project = project
+        self.client_id = client_id or new_client_id()
+        self.cols, self.rows = cols, rows
+        self.policy = policy or ReconnectPolicy(time_scale=time_scale, jitter=jitter)
+        self.hello: dict[str, Any] = {}
+        self.session_id: str | None = session
+        self.key: str | None = None
+        self.position = 0
+        self.latency: float | None = None
+        self.exit_status: Exited | None = None
+        self.ended: SessionEnded | None = None
+        self._token, self._create, self._offset = token, create, offset
+        self._connect_timeout, self._ping_interval = connect_timeout, ping_interval
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._pending = bytearray()  # input not yet acknowledged, from byte ``_acked`` on
+        self._acked = 0
+        self._sent = 0
+        self._output = _OutputBuffer(output_chunks)
+        self._listeners: list[EventListener] = []
+        self._pongs: dict[float, asyncio.Future[float]] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.policy.add_listener(self._emit)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> Terminal:
+        """Make the first connection (not retried) and start keeping the terminal alive."""
+        self._http = aiohttp.ClientSession()
+        try:
+            ws = await self._attempt(resume=False)
+        except ClientError as exc:
+            self.policy.stop(self._now(), getattr(exc, "code", None), getattr(exc, "reason", ""))
+            await self._http.close()
+            raise
+        self.policy.on_connected(self._now())
+        self._runner = asyncio.create_task(self._run(ws), name=f"tether-client-{self.client_id}")
+        return self
+
+    def __await__(self) -> Generator[Any, None, Terminal]:
+        return self.open().__await__()
+
+    async def __aenter__(self) -> Terminal:
+        return await self.open() if self._http is None else self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "client closed") -> None:
+        """Close the connection (1000) and stop reconnecting.
+
+        The session itself stays on the server, detached, until its idle timeout: the protocol
+        has no client message that ends a session (end the shell with ``exit`` to end it).
+        """
+        self._closing = True
+        self.policy.stop(self._now(), code, reason)
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close(code=code, message=reason.encode())
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        self._finish()
+        if self._http is not None:
+            await self._http.close()
+
+    async def detach(self) -> tuple[str | None, int]:
+        """Leave the session running on the server; returns (session id, position) to resume."""
+        await self.close(reason="client detached")
+        return self.session_id, self.position
+
+    async def wait_closed(self) -> SessionEnded | None:
+        """Wait until the terminal stops for good; the SessionEnded that stopped it, if any."""
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+        return self.ended
+
+    @property
+    def state(self) -> State:
+        """The reconnection state (see :class:`tether.policy.State`)."""
+        return self.policy.state
+
+    @property
+    def is_connected(self) -> bool:
+        """True while a connection with a hello is up."""
+        return self.policy.state is State.CONNECTED
+
+    def reconnect_now(self) -> bool:
+        """A user action: attempt now (a half-open trial while the breaker is open)."""
+        started = self.policy.reconnect_now(self._now())
+        self._wake.set()
+        return started
+
+    # -- input -------------------------------------------------------------------------------
+
+    async def send(self, data: str | bytes) -> None:
+        """Type ``data`` (str is UTF-8 encoded); kept until acknowledged, written exactly once."""
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        self._raise_if_ended()
+        async with self._send_lock:
+            self._pending += payload
+            self._sent += len(payload)
+            if self._ws is not None:
+                await self._write_input(self._ws, payload)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Resize the terminal (also applied on every reconnect)."""
+        self.cols, self.rows = cols, rows
+        async with self._send_lock:
+            if self._ws is not None:
+                await self._send_json(self._ws, {"type": "resize", "cols": cols, "rows": rows})
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """Measure the round trip of an application ``ping`` (seconds)."""
+        ws = self._ws
+        if ws is None:
+            raise ConnectFailed("not connected")
+        stamp = self._now()
+        while stamp in self._pongs:
+            stamp += 1e-6
+        future = self._pongs[stamp] = asyncio.get_running_loop().create_future()
+        try:
+            await self._send_json(ws, {"type": "ping", "t": stamp})
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pongs.pop(stamp, None)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Input bytes sent but not yet acknowledged by the server."""
+        return len(self._pending)
+
+    @property
+    def input_acked(self) -> int:
+        """Input bytes of this client id the server has written to the terminal."""
+        return self._acked
+
+    # -- output and events ---------------------------------------------------------------------
+
+    async def output(self, *, screen: bool = False) -> AsyncIterator[bytes]:
+        """The output stream, chunk by chunk, until the terminal stops.
+
+        Raises SessionEnded at the end when a stop code ended the session. With ``screen=True``
+        the screen-restore bytes are interleaved where they belong (a reset on a gap, then the
+        hello's ``restore``), ready to write to a real terminal; they are not stream bytes.
+        One consumer at a time.
+        """
+        while (item := await self._output.get()) is not None:
+            is_stream, data = item
+            if is_stream or screen:
+                yield data
+        self._raise_if_ended()
+
+    async def read_until(self, needle: bytes, timeout: float = 10.0) -> bytes:
+        """Read output until ``needle`` appears; returns everything read (stream bytes)."""
+        seen = bytearray()
+        async with asyncio.timeout(timeout):
+            async for chunk in self.output():
+                seen += chunk
+                if needle in seen:
+                    return bytes(seen)
+        raise ConnectFailed(f"output ended before {needle!r}")
+
+    def add_listener(self, listener: EventListener) -> Callable[[], None]:
+        """Call ``listener`` on every event; returns a function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    async def events(self) -> AsyncIterator[ClientEvent]:
+        """Every event from now on (policy state changes, hellos, gaps, …) until the end."""
+        if self.policy.state is State.STOPPED:
+            return
+        queue: asyncio.Queue[ClientEvent] = asyncio.Queue()
+        remove = self.add_listener(queue.put_nowait)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if isinstance(event, PolicyEvent) and event.state is State.STOPPED:
+                    return
+        finally:
+            remove()
+
+    async def wait_connected(self, timeout: float = 30.0) -> None:
+        """Wait until a connection is up (raises SessionEnded if the terminal stopped)."""
+        async with asyncio.timeout(timeout):
+            while not self.is_connected:
+                self._raise_if_ended()
+                if self.state is State.STOPPED:
+                    raise ConnectFailed("terminal closed")
+                await asyncio.sleep(0.005)
+
+    # -- connecting --------------------------------------------------------------------------
+
+    def _query(self, resume: bool) -> dict[str, str]:
+        query = {"project": self.project, "client": self.client_id}
+        query |= {"cols": str(self.cols), "rows": str(self.rows)}
+        if self.session_id:
+            query["session"] = self.session_id
+        if self._token:
+            query["token"] = self._token
+        offset = self.position if resume else self._offset
+        if offset is not None:
+            query["offset"] = str(offset)
+        if resume or not self._create:
+            query["create"] = "0"
+        return query
+
+    async def _attempt(self, *, resume: bool) -> aiohttp.ClientWebSocketResponse:
+        """One connect attempt up to its hello; raises ConnectFailed or SessionEnded."""
+        assert self._http is not None
+        deadline = self._now() + self._connect_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                ws = await self._http.ws_connect(
+                    self.url,
+                    params=self._query(resume),
+                    protocols=(SUBPROTOCOL,),
+                    headers=_auth_headers(self._token),
+                    heartbeat=self._ping_interval,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                    max_msg_size=0,
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ConnectFailed(f"cannot reach {self.url}: {_describe(exc)}") from exc
+        try:
+            async with asyncio.timeout_at(deadline):
+                message = await ws.receive()
+        except TimeoutError:
+            await ws.close()
+            raise ConnectFailed(f"no hello from {self.url} in time", CloseCode.ABNORMAL) from None
+        hello = self._parse_hello(message)
+        if hello is None:
+            await ws.close()
+            raise self._refusal(message)
+        await self._receive_hello(ws, hello, resume)
+        return ws
+
+    @staticmethod
+    def _parse_hello(message: aiohttp.WSMessage) -> dict[str, Any] | None:
+        if message.type is not aiohttp.WSMsgType.TEXT:
+            return None
+        with contextlib.suppress(ValueError):
+            hello = json.loads(message.data)
+            if isinstance(hello, dict) and hello.get("type") == "hello":
+                return hello
+        return None
+
+    def _refusal(self, message: aiohttp.WSMessage) -> ClientError:
+        if message.type is not aiohttp.WSMsgType.CLOSE:
+            return ConnectFailed(f"no hello from {self.url}", CloseCode.ABNORMAL)
+        code, reason = int(message.data), str(message.extra or "")
+        if is_stop_code(code):
+            return SessionEnded(code, reason)
+        return ConnectFailed(f"refused by {self.url}: {code} {reason}", code, reason)
+
+    async def _receive_hello(
+        self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any], resume: bool
+    ) -> None:
+        self.hello = hello
+        self.session_id = str(hello["session"])
+        self.key = str(hello.get("key", f"{self.session_id}:{self.project}"))
+        self.cols, self.rows = int(hello.get("cols", self.cols)), int(hello.get("rows", self.rows))
+        replay_from, gap = int(hello.get("replay_from", 0)), int(hello.get("gap", 0))
+        if gap > 0:
+            await self._output.put(False, SCREEN_RESET)
+            self._emit(Gap(replay_from - gap, replay_from))
+        if hello.get("restore"):
+            await self._output.put(False, str(hello["restore"]).encode())
+        self.position = replay_from
+        async with self._send_lock:
+            self._drop_acknowledged(int(hello.get("input_acked", 0)))
+            self._ws = ws
+            await self._write_input(ws, bytes(self._pending))
+        self._emit(Connected(hello, resume))
+
+    # -- the connection loop -----------------------------------------------------------------
+
+    async def _run(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Serve connections until a stop code, a give-up, or close()."""
+        current: aiohttp.ClientWebSocketResponse | None = ws
+        try:
+            while current is not None:
+                code, reason = await self._serve(current)
+                self._ws = None
+                if self._closing:
+                    break
+                self._emit(Disconnected(code, reason))
+                self.policy.on_lost(self._now(), code, reason)
+                if self.policy.state is State.STOPPED:
+                    self.ended = SessionEnded(code, reason)
+                    break
+                current = await self._reconnect()
+        finally:
+            self._ws = None
+            self._finish()
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int, str]:
+        """Read one connection until it ends; its close code (1006 without a close frame)."""
+        pinger = asyncio.create_task(self._ping_loop())
+        try:
+            while True:
+                message = await ws.receive()
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    await self._receive_output(message.data)
+                elif message.type is aiohttp.WSMsgType.TEXT:
+                    self._receive_text(message.data)
+                elif message.type is aiohttp.WSMsgType.CLOSE:
+                    return int(message.data), str(message.extra or "")
+                elif message.type in _ENDED:
+                    return CloseCode.ABNORMAL, "connection lost"
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(Exception):
+                await ws.close()
+
+    async def _reconnect(self) -> aiohttp.ClientWebSocketResponse | None:
+        """Follow the policy until a connection is up (None when reconnection stopped)."""
+        while not self._closing:
+            state = self.policy.state
+            if state is State.STOPPED:
+                return None
+            if state in (State.WAITING, State.OPEN):
+                await self._sleep_until(self.policy.retry_at)
+                self.policy.on_timer(self._now())
+                continue
+            try:
+                ws = await self._attempt(resume=True)
+            except SessionEnded as exc:
+                self.ended = exc
+                self.policy.on_attempt_failed(self._now(), exc.code, exc.reason)
+                return None
+            except ConnectFailed as exc:
+                self.policy.on_attempt_failed(self._now(), exc.code, exc.reason)
+                continue
+            if self._closing:
+                await ws.close()
+                return None
+            self.policy.on_connected(self._now())
+            return ws
+        return None
+
+    async def _sleep_until(self, deadline: float | None) -> None:
+        self._wake.clear()
+        delay = 0.0 if deadline is None else max(0.0, deadline - self._now())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _ping_loop(self) -> None:
+        while self._ping_interval:
+            await asyncio.sleep(self._ping_interval)
+            with contextlib.suppress(ClientError, TimeoutError):
+                self.latency = await self.ping(timeout=self._ping_interval)
+                self._emit(Latency(self.latency))
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    async def _receive_output(self, data: bytes) -> None:
+        self.position += len(data)
+        await self._output.put(True, data)
+
+    def _receive_text(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+            kind = message.get("type")
+        except (ValueError, AttributeError):
+            return  # not ours to fix; the stream stays intact
+        if kind == "ack":
+            self._drop_acknowledged(int(message["input"]))
+        elif kind == "pong":
+            self._receive_pong(message.get("t"))
+        elif kind == "resize":
+            self.cols, self.rows = int(message["cols"]), int(message["rows"])
+            self._emit(Resized(self.cols, self.rows))
+        elif kind == "exit":
+            self.exit_status = Exited(message.get("code"), message.get("signal"))
+            self._emit(self.exit_status)
+        elif kind == "error":
+            self._emit(ServerError(str(message.get("code")), str(message.get("message"))))
+
+    def _receive_pong(self, stamp: Any) -> None:
+        future = self._pongs.get(stamp) if isinstance(stamp, int | float) else None
+        if future is not None and not future.done():
+            future.set_result(self._now() - float(stamp))
+
+    def _drop_acknowledged(self, acked: int) -> None:
+        """The server has written ``acked`` input bytes of ours: forget them."""
+        acked = min(acked, self._sent)
+        if acked > self._acked:
+            del self._pending[: acked - self._acked]
+            self._acked = acked
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    async def _write_input(self, ws: aiohttp.ClientWebSocketResponse, data: bytes) -> None:
+        # A failed write is harmless: the bytes stay pending and are re-sent after the hello.
+        with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
+            for start in range(0, len(data), MAX_INPUT_FRAME):
+                await ws.send_bytes(data[start : start + MAX_INPUT_FRAME])
+
+    async def _send_json(self, ws: aiohttp.ClientWebSocketResponse, message: Any) -> None:
+        with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
+            await ws.send_str(json.dumps(message))
+
+    def _emit(self, event: ClientEvent) -> None:
+        for listener in list(self._listeners):
+            listener(event)
+
+    def _finish(self) -> None:
+        self._output.close()
+
+    def _raise_if_ended(self) -> None:
+        if self.ended is not None:
+            raise self.ended
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+
+def connect(url: str, *, project: str, **options: Any) -> Terminal:
+    """A :class:`Terminal` for ``project`` at ``url``; see Terminal for the options.
+
+    Use ``async with connect(url, project=...) as term`` or ``term = await connect(...)``.
+    """
+    return Terminal(url, project=project, **options)

@@ -1,0 +1,568 @@
+"""The client library against an in-process fake server (wire-level behaviour, fast, exact).
+
+The fake speaks the wire protocol over a real aiohttp WebSocket on 127.0.0.1; its "shell" echoes
+input back as output, so the tests can check the exact output stream and exactly-once input.
+Tests against the real server live in tests/test_attach.py and tests/test_check.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.support.server import ServerProcess, start_server
+from tether import client
+from tether.check_probe import Probe, end_shell
+from tether.client import Connected, Disconnected, Gap, Latency, Terminal, connect
+from tether.errors import ConnectFailed, SessionEnded
+from tether.policy import PolicyEvent, ReconnectPolicy, State
+from tether.proxy import TcpProxy
+
+Outbox = asyncio.Queue[bytes | str | None]
+
+
+@dataclass
+class FakeSession:
+    session_id: str
+    output: bytearray = field(default_factory=bytearray)
+    input_counts: dict[str, int] = field(default_factory=dict)
+    clients: list[asyncio.Queue[bytes | str | None]] = field(default_factory=list)
+    dropped: int = 0  # output bytes no longer buffered (for gaps)
+
+    def append(self, data: bytes) -> None:
+        self.output += data
+        for queue in self.clients:
+            queue.put_nowait(bytes(data))
+
+
+class FakeServer:
+    """Start with ``await FakeServer().start()``; stop with ``await server.stop()``."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, FakeSession] = {}
+        self.refusals: list[tuple[int, str]] = []  # close codes for the next connects, in order
+        self.send_acks = True
+        self.accept_input = True
+        self.connects: list[dict[str, str]] = []
+        self.sockets: list[web.WebSocketResponse] = []
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> FakeServer:
+        app = web.Application()
+        app.router.add_get("/ws/terminal", self._handle)
+        app.router.add_get("/api/projects", self._projects)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        await self.drop_all()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def drop_all(self, code: int | None = None) -> None:
+        """Close every connection: with ``code``, or abruptly (the client sees 1006)."""
+        for ws in list(self.sockets):
+            if code is None:
+                transport = ws._req.transport if ws._req else None  # type: ignore[union-attr]
+                if transport is not None:
+                    transport.abort()
+            else:
+                await ws.close(code=code, message=b"test")
+
+    async def _projects(self, request: web.Request) -> web.Response:
+        return web.json_response([{"id": "default"}, {"id": "other"}])
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(protocols=("tether.v1",))
+        await ws.prepare(request)
+        query = dict(request.query)
+        self.connects.append(query)
+        if self.refusals:
+            code, reason = self.refusals.pop(0)
+            await ws.close(code=code, message=reason.encode())
+            return ws
+        session = self._find_or_create(query)
+        if session is None:
+            await ws.close(code=4004, message=b"session not found")
+            return ws
+        self.sockets.append(ws)
+        try:
+            await self._serve(ws, session, query)
+        finally:
+            self.sockets.remove(ws)
+        return ws
+
+    def _find_or_create(self, query: dict[str, str]) -> FakeSession | None:
+        session_id = query.get("session")
+        if session_id in self.sessions:
+            return self.sessions[session_id]
+        if query.get("create") == "0":
+            return None
+        session_id = session_id or f"session_1754900000000_fake{next(self._ids):016d}"
+        session = self.sessions[session_id] = FakeSession(session_id)
+        return session
+
+    def _hello(self, session: FakeSession, query: dict[str, str], created: bool) -> dict[str, Any]:
+        offset = int(query["offset"]) if "offset" in query and not created else None
+        replay_from = session.dropped if offset is None else max(offset, session.dropped)
+        gap = replay_from - offset if offset is not None else 0
+        client = query.get("client", "")
+        return {
+            "type": "hello", "protocol": 1, "session": session.session_id, "project": "default",
+            "key": f"{session.session_id}:{query.get('project')}", "created": created,
+            "replay_from": replay_from, "gap": gap, "head": len(session.output),
+            "input_acked": session.input_counts.get(client, 0), "restore": "",
+            "cols": int(query.get("cols", 80)), "rows": int(query.get("rows", 24)),
+            "heartbeat": 25,
+        }  # fmt: skip
+
+    async def _serve(
+        self, ws: web.WebSocketResponse, session: FakeSession, query: dict[str, str]
+    ) -> None:
+        created = not session.output and not session.input_counts
+        hello = self._hello(session, query, created)
+        queue: asyncio.Queue[bytes | str | None] = asyncio.Queue()
+        await ws.send_str(json.dumps(hello))
+        backlog = bytes(session.output[hello["replay_from"] :])
+        if backlog:
+            queue.put_nowait(backlog)
+        session.clients.append(queue)
+        sender = asyncio.create_task(self._send_loop(ws, queue))
+        try:
+            async for message in ws:
+                await self._receive(ws, session, query.get("client", ""), message, queue)
+        finally:
+            session.clients.remove(queue)
+            queue.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await sender
+
+    async def _send_loop(self, ws: web.WebSocketResponse, queue: Outbox) -> None:
+        while (item := await queue.get()) is not None:
+            with contextlib.suppress(Exception):
+                if isinstance(item, bytes):
+                    await ws.send_bytes(item)
+                else:
+                    await ws.send_str(item)
+
+    async def _receive(
+        self,
+        ws: web.WebSocketResponse,
+        session: FakeSession,
+        client: str,
+        message: Any,
+        queue: Outbox,
+    ) -> None:
+        if message.type.name == "BINARY" and self.accept_input:
+            session.input_counts[client] = session.input_counts.get(client, 0) + len(message.data)
+            session.append(message.data)
+            if self.send_acks:
+                ack = {"type": "ack", "input": session.input_counts[client]}
+                queue.put_nowait(json.dumps(ack))
+        elif message.type.name == "TEXT":
+            data = json.loads(message.data)
+            if data["type"] == "ping":
+                queue.put_nowait(json.dumps({"type": "pong", "t": data["t"]}))
+            elif data["type"] == "resize":
+                queue.put_nowait(json.dumps({"type": "error", "code": "seen", "message": "ok"}))
+
+
+# ------------------------------------------------------------------------------------ tests
+@pytest.fixture
+async def server() -> AsyncIterator[FakeServer]:
+    fake = await FakeServer().start()
+    yield fake
+    await fake.stop()
+
+
+async def collect(term: Terminal, size: int, timeout: float = 10) -> bytes:
+    data = bytearray()
+    async with asyncio.timeout(timeout):
+        async for chunk in term.output():
+            data += chunk
+            if len(data) >= size:
+                break
+    return bytes(data)
+
+
+async def reconnected(term: Terminal, server: FakeServer, connects: int = 2) -> None:
+    await eventually(lambda: len(server.connects) >= connects and term.is_connected)
+
+
+async def eventually(predicate: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    ("given", "ws", "http"),
+    [
+        ("ws://h:1/ws/terminal", "ws://h:1/ws/terminal", "http://h:1"),
+        ("ws://h:1", "ws://h:1/ws/terminal", "http://h:1"),
+        ("ws://h:1/", "ws://h:1/ws/terminal", "http://h:1"),
+        ("http://h:1", "ws://h:1/ws/terminal", "http://h:1"),
+        ("https://h", "wss://h/ws/terminal", "https://h"),
+        ("wss://h/base/ws/terminal/", "wss://h/base/ws/terminal", "https://h/base"),
+        ("HTTP://127.0.0.1:4001/tether", "ws://127.0.0.1:4001/tether/ws/terminal", "http://127.0.0.1:4001/tether"),
+        ("127.0.0.1:4001", "ws://127.0.0.1:4001/ws/terminal", "http://127.0.0.1:4001"),
+    ],
+)  # fmt: skip
+def test_url_forms(given: str, ws: str, http: str) -> None:
+    assert client.websocket_url(given) == ws
+    assert client.http_url(given) == http
+
+
+@pytest.mark.parametrize("bad", ["ftp://h:1", "ws://", "http:///x"])
+def test_bad_urls_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a tether URL"):
+        client.websocket_url(bad)
+
+
+async def test_fetch_projects(server: FakeServer) -> None:
+    assert await client.fetch_projects(server.url + "/ws/terminal") == ["default", "other"]
+
+
+async def test_fetch_from_dead_url_fails_clearly() -> None:
+    with pytest.raises(ConnectFailed, match=r"GET http://127\.0\.0\.1:9/api/projects failed"):
+        await client.fetch_projects("ws://127.0.0.1:9")
+
+
+async def test_connect_send_and_receive(server: FakeServer) -> None:
+    async with connect(server.url, project="default", cols=100, rows=30) as term:
+        assert term.session_id and term.session_id.startswith("session_")
+        assert term.key == f"{term.session_id}:default"
+        assert term.hello["created"] is True
+        assert (term.cols, term.rows) == (100, 30)
+        await term.send("hello ")
+        await term.send(b"world")
+        assert await collect(term, 11) == b"hello world"
+        assert term.position == 11
+        await eventually(lambda: term.unacknowledged == 0)
+        assert term.input_acked == 11
+    query = server.connects[0]
+    assert "create" not in query and "offset" not in query
+    assert query["client"] == term.client_id
+    assert term.state is State.STOPPED
+
+
+async def test_await_form_and_detach(server: FakeServer) -> None:
+    term = await connect(server.url, project="default")
+    await term.send("x")
+    await collect(term, 1)
+    session_id, position = await term.detach()
+    assert (session_id, position) == (term.session_id, 1)
+    again = await connect(server.url, project="default", session=session_id, offset=position)
+    await again.send("y")
+    assert await collect(again, 1) == b"y"  # resumed at 1: nothing replayed
+    await again.close()
+
+
+async def test_exact_stream_across_many_drops(server: FakeServer) -> None:
+    async with connect(server.url, project="default", time_scale=0.001) as term:
+        sent = bytearray()
+        for round_ in range(8):
+            piece = f"<{round_}:{'x' * round_ * 100}>".encode()
+            sent += piece
+            await term.send(piece)
+            if round_ % 2:
+                await server.drop_all()
+        received = await collect(term, len(sent))
+        assert received == bytes(sent)
+        resumes = [q for q in server.connects[1:]]
+        assert resumes and all(q["create"] == "0" for q in resumes)
+        assert all(q["client"] == term.client_id for q in resumes)
+        assert all(q["session"] == term.session_id for q in resumes)
+
+
+async def test_resume_sends_its_position_as_offset(server: FakeServer) -> None:
+    async with connect(server.url, project="default", time_scale=0.001) as term:
+        await term.send("12345")
+        await collect(term, 5)
+        await server.drop_all()
+        await eventually(lambda: len(server.connects) == 2 and term.is_connected)
+        assert server.connects[1]["offset"] == "5"
+        assert term.hello["replay_from"] == 5
+
+
+async def test_input_written_but_not_acked_is_not_sent_again(server: FakeServer) -> None:
+    async with connect(server.url, project="default", time_scale=0.001) as term:
+        server.send_acks = False
+        await term.send("abc")
+        session = server.sessions[term.session_id or ""]
+        await eventually(lambda: session.input_counts.get(term.client_id) == 3)
+        assert term.unacknowledged == 3
+        server.send_acks = True
+        await server.drop_all()
+        await reconnected(term, server)
+        assert term.hello["input_acked"] == 3
+        assert term.unacknowledged == 0
+        await term.send("d")
+        assert await collect(term, 4) == b"abcd"
+        assert bytes(session.output) == b"abcd"
+
+
+async def test_input_lost_with_the_connection_is_sent_again(server: FakeServer) -> None:
+    async with connect(server.url, project="default", time_scale=0.001) as term:
+        server.accept_input = False
+        await term.send("xyz")
+        await asyncio.sleep(0.05)
+        server.accept_input = True
+        await server.drop_all()
+        assert await collect(term, 3) == b"xyz"
+        assert bytes(server.sessions[term.session_id or ""].output) == b"xyz"
+
+
+async def test_input_sent_while_disconnected_is_delivered_once(server: FakeServer) -> None:
+    async with connect(server.url, project="default", time_scale=0.05) as term:
+        await server.drop_all()
+        await eventually(lambda: not term.is_connected)
+        await term.send("while-away")
+        assert await collect(term, 10) == b"while-away"
+
+
+async def test_4004_on_resume_is_surfaced_never_replaced(server: FakeServer) -> None:
+    term = await connect(server.url, project="default", time_scale=0.001)
+    server.sessions.clear()  # "the server restarted": the session is gone
+    await server.drop_all()
+    ended = await term.wait_closed()
+    assert isinstance(ended, SessionEnded) and ended.code == 4004
+    assert term.state is State.STOPPED
+    with pytest.raises(SessionEnded):
+        await collect(term, 1)
+    with pytest.raises(SessionEnded):
+        await term.send("x")
+    assert server.sessions == {}  # no new shell was started
+    await term.close()
+
+
+async def test_stop_code_on_live_connection_ends(server: FakeServer) -> None:
+    term = await connect(server.url, project="default", time_scale=0.001)
+    await server.drop_all(code=4013)
+    ended = await term.wait_closed()
+    assert ended is not None and ended.code == 4013
+    assert len(server.connects) == 1
+    await term.close()
+
+
+@pytest.mark.parametrize(("code", "error"), [(4003, SessionEnded), (1013, ConnectFailed)])
+async def test_first_connect_refusal_raises(server: FakeServer, code: int, error: type) -> None:
+    server.refusals.append((code, "nope"))
+    with pytest.raises(error) as info:
+        await connect(server.url, project="default")
+    assert info.value.code == code
+
+
+async def test_dead_url_raises_connect_failed() -> None:
+    with pytest.raises(ConnectFailed, match=r"cannot reach ws://127\.0\.0\.1:9/ws/terminal"):
+        await connect("http://127.0.0.1:9", project="default", connect_timeout=2)
+
+
+async def test_backoff_schedule_and_breaker_through_refusals(server: FakeServer) -> None:
+    term = await connect(server.url, project="default", time_scale=0.001)
+    events: list[PolicyEvent] = []
+    term.add_listener(lambda e: events.append(e) if isinstance(e, PolicyEvent) else None)
+    server.refusals.extend([(1013, "busy")] * 6)
+    await server.drop_all()
+    await reconnected(term, server, 8)
+    waits = [round(e.delay / 0.001) for e in events if e.state is State.WAITING and e.delay]
+    assert waits == [1, 2, 4, 8, 16]
+    opened = [e for e in events if e.state is State.OPEN]  # the 5th failure, then the trial's
+    assert [(e.failures, e.code, round(e.delay or 0, 6)) for e in opened] == [
+        (5, 1013, 0.03),
+        (6, 1013, 0.03),
+    ]
+    states = [e.state for e in events]
+    assert states[-2:] == [State.HALF_OPEN, State.CONNECTED]
+    assert len(server.connects) == 1 + 6 + 1
+    await term.close()
+
+
+async def test_retry_after_is_honoured_in_real_seconds(server: FakeServer) -> None:
+    term = await connect(server.url, project="default", time_scale=0.001)
+    server.refusals.append((4129, "retry-after=1"))
+    loop = asyncio.get_running_loop()
+    await server.drop_all()
+    await eventually(lambda: len(server.connects) == 2)
+    refused_at = loop.time()
+    await reconnected(term, server, 3)
+    assert loop.time() - refused_at >= 0.95
+    await term.close()
+
+
+async def test_1012_reconnects_at_once(server: FakeServer) -> None:
+    term = await connect(server.url, project="default")  # unscaled: 1 s would be visible
+    events: list[Any] = []
+    term.add_listener(events.append)
+    await server.drop_all(code=1012)
+    async with asyncio.timeout(0.9):
+        await reconnected(term, server)
+    waiting = [e for e in events if isinstance(e, PolicyEvent) and e.state is State.WAITING]
+    assert waiting[0].delay == 0 and waiting[0].code == 1012
+    assert any(isinstance(e, Disconnected) and e.code == 1012 for e in events)
+    await term.close()
+
+
+async def test_reconnect_now_forces_half_open_trial(server: FakeServer) -> None:
+    slow_open = ReconnectPolicy(time_scale=0.001, open_seconds=30_000)  # open for a real 30 s
+    term = await connect(server.url, project="default", policy=slow_open)
+    server.refusals.extend([(1013, "busy")] * 5)
+    events: list[PolicyEvent] = []
+    term.add_listener(lambda e: events.append(e) if isinstance(e, PolicyEvent) else None)
+    await server.drop_all()
+    await eventually(lambda: term.state is State.OPEN, timeout=10)
+    assert term.reconnect_now()
+    await reconnected(term, server, 7)
+    assert [e.state for e in events][-2:] == [State.HALF_OPEN, State.CONNECTED]
+    await term.close()
+
+
+async def test_ping_measures_latency_and_heartbeat_emits_it(server: FakeServer) -> None:
+    async with connect(server.url, project="default", ping_interval=0.05) as term:
+        assert 0 <= await term.ping() < 5
+        seen: list[Latency] = []
+        term.add_listener(lambda e: seen.append(e) if isinstance(e, Latency) else None)
+        await eventually(lambda: bool(seen))
+        assert term.latency is not None
+
+
+async def test_gap_is_surfaced_and_screen_reset_in_screen_mode(server: FakeServer) -> None:
+    async with connect(server.url, project="default", time_scale=0.001) as term:
+        await term.send("0123456789")
+        await collect(term, 10)
+        events: list[Any] = []
+        term.add_listener(events.append)
+        session = server.sessions[term.session_id or ""]
+        server.accept_input = False
+        await server.drop_all()
+        session.append(b"ABCDEFGHIJ")  # output while away ...
+        session.dropped = 15  # ... of which the first 5 bytes are no longer buffered
+        server.accept_input = True
+        await reconnected(term, server)
+        gaps = [e for e in events if isinstance(e, Gap)]
+        assert gaps == [Gap(10, 15)] and gaps[0].lost == 5
+        assert term.position == 20
+        chunks = []
+        async with asyncio.timeout(5):
+            async for chunk in term.output(screen=True):
+                chunks.append(chunk)
+                if b"".join(chunks).endswith(b"FGHIJ"):
+                    break
+        assert chunks[0] == client.SCREEN_RESET
+        assert b"".join(chunks[1:]) == b"FGHIJ"
+
+
+async def test_events_iterator_ends_when_stopped(server: FakeServer) -> None:
+    term = await connect(server.url, project="default")
+    seen: list[Any] = []
+
+    async def watch() -> None:
+        async for event in term.events():
+            seen.append(event)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.01)
+    await term.close()
+    await asyncio.wait_for(watcher, 5)
+    assert isinstance(seen[-1], PolicyEvent) and seen[-1].state is State.STOPPED
+
+
+async def test_connected_event_reports_resume(server: FakeServer) -> None:
+    term = await connect(server.url, project="default", time_scale=0.001)
+    seen: list[Connected] = []
+    term.add_listener(lambda e: seen.append(e) if isinstance(e, Connected) else None)
+    await server.drop_all()
+    await eventually(lambda: bool(seen))
+    assert seen[0].resumed and seen[0].hello["session"] == term.session_id
+    await term.close()
+
+
+# ------------------------------------------------------------------ against the real server
+@pytest.fixture(scope="module")
+def real_server() -> Iterator[ServerProcess]:
+    with start_server() as running:
+        yield running
+
+
+async def reconnected_through(proxy: TcpProxy, term: Terminal) -> None:
+    accepted = proxy.statistics().accepted
+    await eventually(lambda: proxy.statistics().accepted > accepted and term.is_connected)
+
+
+async def test_real_server_exact_stream_and_exactly_once_input_through_cuts(
+    real_server: ServerProcess,
+) -> None:
+    async with TcpProxy("127.0.0.1", real_server.port) as proxy:
+        term = await connect(proxy.url(), project="default", time_scale=0.001)
+        probe = Probe(term)
+        await probe.shell_pid()
+        await term.send("stty -echo; cat > typed.txt\r")
+        await asyncio.sleep(0.2)
+        typed = bytearray()
+        for index in range(300):
+            line = f"line-{index:04d}-{'z' * (index % 50)}\n".encode()
+            typed += line
+            await term.send(line)
+            if index % 50 == 7:  # (few enough resumes to stay under the server's storm limit)
+                proxy.abort_all()  # the connection dies with input in flight
+            if index % 50 == 10:  # ... a few lines were typed while away; wait for the resume
+                await reconnected_through(proxy, term)
+            if index == 150:
+                proxy.cut()  # unreachable for a while: input keeps queueing
+                await asyncio.sleep(0.05)
+                await proxy.restore()
+        await term.send(b"\x04")
+        await term.send(
+            "stty echo; md5sum < typed.txt; printf '%s-%s\\n' wc $(wc -c < typed.txt)\r"
+        )
+        match = await probe.wait_for(re.compile(rb"wc-(\d+)"), timeout=30)
+        assert int(match.group(1)) == len(typed)
+        assert hashlib.md5(typed).hexdigest().encode() in probe.transcript
+        assert proxy.statistics().aborted >= 6
+        session = str(term.session_id)
+        await term.detach()
+        await probe.drain()
+    # A fresh connection replays from 0: the stream the cut connections delivered was exact.
+    replay = await connect(
+        real_server.ws_url, project="default", session=session, offset=0, create=False
+    )
+    replayed = Probe(replay)
+    async with asyncio.timeout(10):
+        while len(replayed.transcript) < len(probe.transcript):
+            await replayed.read_some()
+    assert bytes(replayed.transcript[: len(probe.transcript)]) == bytes(probe.transcript)
+    await end_shell(replay)
+
+
+async def test_real_server_restart_surfaces_4004(real_server: ServerProcess) -> None:
+    term = await connect(real_server.ws_url, project="default", time_scale=0.01)
+    pid = await Probe(term).shell_pid()
+    await asyncio.to_thread(real_server.restart)
+    ended = await asyncio.wait_for(term.wait_closed(), 30)
+    assert ended is not None and ended.code == 4004
+    with pytest.raises(SessionEnded):
+        await term.send("echo still there?\r")
+    stats = await client.fetch_json(real_server.base_url, "/stats/sessions")
+    assert stats["sessions"] == []  # no new shell was silently started
+    assert all(q_pid != pid for q_pid in [s.get("pid") for s in stats["sessions"]])
+    await term.close()
