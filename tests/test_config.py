@@ -27,10 +27,17 @@ def test_defaults_match_the_documented_ones(tmp_path: Path) -> None:
 
 def test_layers_later_wins_and_shell_is_split(tmp_path: Path) -> None:
     config = tmp_path / "tether.toml"
-    config.write_text('port = 5000\nbuffer-size = 65536\nshell = "bash --norc"\n'
-                      f'projects = ["web={tmp_path}"]\n')
-    env = from_environment({"TETHER_PORT": "6000", "TETHER_HEARTBEAT": "3",
-                            "TETHER_JWT_SECRET": "not-a-setting", "HOME": "/x"})
+    config.write_text(
+        f'port = 5000\nbuffer-size = 65536\nshell = "bash --norc"\nprojects = ["web={tmp_path}"]\n'
+    )
+    env = from_environment(
+        {
+            "TETHER_PORT": "6000",
+            "TETHER_HEARTBEAT": "3",
+            "TETHER_JWT_SECRET": "not-a-setting",
+            "HOME": "/x",
+        }
+    )
     settings = build_settings(load_toml(config), env, {"heartbeat": "4"}, cwd=tmp_path)
     assert settings.port == 6000 and settings.heartbeat == 4
     assert settings.buffer_size == 65536
@@ -69,12 +76,22 @@ def test_bad_toml_is_a_config_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("args", "named"),
-    [(["--port", "-1"], "port"), (["--project", "x"], "project"),
-     (["--buffer-size", "12"], "buffer-size"), (["--heartbeat", "soon"], "heartbeat")],
+    [
+        (["--port", "-1"], "port"),
+        (["--project", "x"], "project"),
+        (["--buffer-size", "12"], "buffer-size"),
+        (["--heartbeat", "soon"], "heartbeat"),
+    ],
 )
 def test_serve_refuses_invalid_configuration_with_exit_2(tmp_path: Path, args, named) -> None:
-    result = subprocess.run([sys.executable, "-m", "tether", "serve", *args], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "serve", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin"},
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and named in lines[0], result.stderr

@@ -23,9 +23,23 @@ from tether.messages import (
 def test_connect_params_defaults_and_values() -> None:
     params = parse_connect_params({"project": "web"})
     assert (params.session, params.client, params.offset, params.size, params.create) == (
-        None, None, None, None, True)
-    params = parse_connect_params({"project": "web", "session": "x", "client": "abcdefgh",
-                                   "offset": "12", "cols": "100", "rows": "40", "create": "0"})
+        None,
+        None,
+        None,
+        None,
+        True,
+    )
+    params = parse_connect_params(
+        {
+            "project": "web",
+            "session": "x",
+            "client": "abcdefgh",
+            "offset": "12",
+            "cols": "100",
+            "rows": "40",
+            "create": "0",
+        }
+    )
     assert (params.offset, params.size, params.create) == (12, (100, 40), False)
     assert parse_connect_params({"project": "web", "cols": "100"}).size is None
 
@@ -47,23 +61,37 @@ def test_client_messages() -> None:
     assert parse_client_message('{"type":"resize","cols":80,"rows":24}') == Resize(80, 24)
     assert parse_client_message('{"type":"ping","t":1}') == Ping(1)
     assert parse_client_message('{"type":"input","data":"ls\\r"}') == Input("ls\r")
-    for bad in ('{"type":"ping","t":true}', '{"type":"ping","t":"1"}',
-                '{"type":"resize","cols":80,"rows":true}', '{"type":"resize","cols":1001,"rows":1}'):
+    for bad in (
+        '{"type":"ping","t":true}',
+        '{"type":"ping","t":"1"}',
+        '{"type":"resize","cols":80,"rows":true}',
+        '{"type":"resize","cols":1001,"rows":1}',
+    ):
         result = parse_client_message(bad)
         assert isinstance(result, MessageError) and result.code == "bad_field"
     deep = "[" * 100000 + "]" * 100000
-    assert parse_client_message(deep) == MessageError("bad_json", "text frames must be JSON objects")
+    assert parse_client_message(deep) == MessageError(
+        "bad_json", "text frames must be JSON objects"
+    )
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
 def test_any_json_value_parses_to_a_message_or_an_error(value: object) -> None:
     result = parse_client_message(json.dumps(value))
     assert isinstance(result, Resize | Ping | Input | MessageError)
 
 
-@given(st.dictionaries(st.sampled_from(["project", "session", "client", "offset", "cols", "rows",
-                                        "create", "x"]), st.text(max_size=40)))
+@given(
+    st.dictionaries(
+        st.sampled_from(["project", "session", "client", "offset", "cols", "rows", "create", "x"]),
+        st.text(max_size=40),
+    )
+)
 def test_any_query_parses_or_names_a_parameter(query: dict[str, str]) -> None:
     try:
         parse_connect_params(query)
