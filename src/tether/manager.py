@@ -75,6 +75,7 @@ class SessionManager:
         self.address_storms = StormDetector(settings.address_storm_threshold, settings.storm_window)
         self.start_failures = StartFailureBreaker()
         self.accepting = True
+        self._ending: set[Session] = set()
         self._clock = clock
         self._wall = wall_clock
         self._listener = listener or (lambda event, **fields: None)
@@ -277,6 +278,10 @@ class SessionManager:
                 )
             )
         session.end(reason, self.settings.kill_grace, status)
+        # Remember it until its processes are gone, so that shutdown can wait for them.
+        self._ending.add(session)
+        task = asyncio.ensure_future(session.terminated.wait())
+        task.add_done_callback(lambda _: self._ending.discard(session))
 
     def kill(self, key: str) -> bool:
         """End a session on an operator's word: its clients get 4013."""
@@ -337,11 +342,11 @@ class SessionManager:
     async def shutdown(self) -> None:
         """End every session (clients get 1001) and wait until every process is reaped."""
         self.accepting = False
-        sessions = list(self.sessions.values())
-        for session in sessions:
+        for session in list(self.sessions.values()):
             self._end(session, EndReason.SHUTDOWN)
-        if sessions:
-            await asyncio.gather(*(s.terminated.wait() for s in sessions))
+        ending = list(self._ending)
+        if ending:
+            await asyncio.gather(*(s.terminated.wait() for s in ending))
 
     def _emit(self, event: str, **fields: Any) -> None:
         self._listener(event, **fields)
