@@ -1,0 +1,52 @@
+// What a client does after a close code: the one shared table, src/tether/close_codes.json,
+// bundled in (never copied), so that the server, the Python client and this module agree.
+import table from '../../../src/tether/close_codes.json' with { type: 'json' };
+
+/** @typedef {'stop' | 'retry' | 'retry_now'} CloseAction */
+
+const RETRY_AFTER = /retry-after=(\d+)/;
+
+/**
+ * The action PROTOCOL.md section 6 prescribes for `code`.
+ * @param {number} code
+ * @returns {CloseAction}
+ */
+export function actionFor(code) {
+  const entry = table.codes[String(code)];
+  if (entry) return entry.action;
+  for (const span of table.ranges) {
+    if (span.from <= code && code <= span.to) return span.action;
+  }
+  return table.default_action;
+}
+
+/** @param {number} code */
+export function isStopCode(code) {
+  return actionFor(code) === 'stop';
+}
+
+/**
+ * The `retry-after=N` seconds carried by a close reason, or null.
+ * @param {string | undefined} reason
+ * @returns {number | null}
+ */
+export function retryAfterSeconds(reason) {
+  const match = RETRY_AFTER.exec(reason || '');
+  return match ? Number(match[1]) : null;
+}
+
+/**
+ * The short name of a code (`not_found`, `exited`, …), or null for a code the table lacks.
+ * @param {number} code
+ */
+export function closeCodeName(code) {
+  return table.codes[String(code)]?.name ?? null;
+}
+
+/**
+ * A human sentence for a code, for status lines.
+ * @param {number} code
+ */
+export function closeCodeMeaning(code) {
+  return table.codes[String(code)]?.meaning ?? `closed with code ${code}`;
+}

@@ -1,0 +1,443 @@
+// TetherConnection: one terminal session over /ws/terminal (PROTOCOL.md sections 2-4), kept
+// alive by the reconnection policy of section 7. No DOM and no xterm.js here: output, resets
+// and restores are events; TerminalBinding (terminal-binding.js) wires them to a terminal.
+//
+// States (`state` event):
+//   idle --connect()--> connecting --hello--> connected
+//   connecting | connected --close--> reconnecting (backoff) | paused (breaker open) | ended (stop code)
+//   reconnecting | paused --timer, retryNow(), online/visible (reconnecting only)--> connecting
+//   any --close()--> closed
+import { Emitter } from './emitter.js';
+import { InputQueue, MAX_FRAME_BYTES, toBytes } from './input-queue.js';
+import { BreakerState, ReconnectPolicy } from './policy.js';
+import { closeCodeMeaning, closeCodeName, retryAfterSeconds } from './close-codes.js';
+import { NamedTimers } from './timers.js';
+
+export const PROTOCOL = 'tether.v1';
+
+export const ConnectionState = Object.freeze({
+  IDLE: 'idle',
+  CONNECTING: 'connecting',
+  CONNECTED: 'connected',
+  RECONNECTING: 'reconnecting',
+  PAUSED: 'paused',
+  ENDED: 'ended',
+  CLOSED: 'closed',
+});
+
+/** Seconds, before `timeScale` applies. */
+export const DEFAULT_TIMINGS = Object.freeze({
+  connectTimeout: 10, // no hello within this: the attempt failed
+  pingInterval: 15, // application-level ping, for latency and liveness
+  deadAfter: 40, // nothing received for this long while connected: the connection is dead
+  probeTimeout: 5, // after `online` or the page becoming visible: answer within this or reconnect
+});
+
+const NULLISH_SESSION = /^(|null|undefined|nan)$/i;
+const CLIENT_ID_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-';
+
+/** A random client id, 22 characters of [A-Za-z0-9_-] (section 1). */
+export function newClientId() {
+  const bytes = new Uint8Array(22);
+  globalThis.crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => CLIENT_ID_ALPHABET[b & 63]).join('');
+}
+
+function defaultEnvironment() {
+  if (typeof window === 'undefined' || typeof document === 'undefined') return null;
+  return { window, document };
+}
+
+export class TetherConnection extends Emitter {
+  /**
+   * @param {object} options
+   * @param {string} options.url          the WebSocket endpoint, e.g. `wss://host/ws/terminal`
+   * @param {string} options.project      project id
+   * @param {string} [options.session]    session id to attach to (absent: a new session)
+   * @param {string} [options.clientId]   client id (default: random, one per connection object)
+   * @param {number} [options.cols]       terminal size sent with each connect
+   * @param {number} [options.rows]
+   * @param {string} [options.token]      credential, where the server's auth is on
+   * @param {boolean} [options.create]    may the first connect create a session (default: no session given)
+   * @param {number} [options.timeScale]  multiplies every delay but a server's retry-after (tests: 0.01)
+   * @param {object} [options.timings]    overrides DEFAULT_TIMINGS (seconds)
+   * @param {ReconnectPolicy} [options.policy]
+   * @param {typeof WebSocket} [options.WebSocket]
+   * @param {Function} [options.setTimeout]
+   * @param {Function} [options.clearTimeout]
+   * @param {() => number} [options.now]  milliseconds
+   * @param {{window: EventTarget, document: Document} | null} [options.environment]
+   *        where `online` and `visibilitychange` come from (default: the page; null: none)
+   */
+  constructor(options) {
+    super();
+    if (!options?.url) throw new TypeError('TetherConnection: url is required');
+    if (!options.project) throw new TypeError('TetherConnection: project is required');
+    this.url = options.url;
+    this.project = options.project;
+    this.session = NULLISH_SESSION.test(String(options.session ?? '')) ? null : options.session;
+    this.clientId = options.clientId ?? newClientId();
+    this.cols = options.cols ?? null;
+    this.rows = options.rows ?? null;
+    this.token = options.token ?? null;
+    this.timeScale = options.timeScale ?? 1;
+    this.policy = options.policy ?? new ReconnectPolicy({ timeScale: this.timeScale });
+    this.timings = { ...DEFAULT_TIMINGS, ...options.timings };
+    /** Output bytes of the session this client holds; null before the first hello. */
+    this.position = null;
+    this.head = 0;
+    this.hello = null;
+    this.exit = null;
+    this.latency = null;
+    this.state = ConnectionState.IDLE;
+    this.stateInfo = { state: this.state };
+    this._mayCreate = options.create ?? this.session === null;
+    this._input = new InputQueue();
+    this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
+    this._timers = new NamedTimers(
+      options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms)),
+      options.clearTimeout ?? ((id) => globalThis.clearTimeout(id)),
+    );
+    this._now = options.now ?? (() => Date.now());
+    this._environment = options.environment === undefined ? defaultEnvironment() : options.environment;
+    this._ws = null;
+    this._attached = false;
+    this._receivedCount = 0;
+    this._receivedAt = 0;
+    this._notBefore = 0; // a server's retry-after: no attempt before this, whatever the trigger
+    this._onOnline = () => this.nudge();
+    this._onVisibility = () => {
+      if (this._environment.document.visibilityState === 'visible') this.nudge();
+    };
+  }
+
+  /** Input bytes queued but not yet acknowledged by the server. */
+  get pendingInput() { return this._input.pendingBytes; }
+  /** Input bytes the server has acknowledged. */
+  get acknowledgedInput() { return this._input.acknowledged; }
+  get isConnected() { return this.state === ConnectionState.CONNECTED; }
+
+  /** Start connecting. */
+  connect() {
+    if (this.state !== ConnectionState.IDLE) return;
+    this._listenToEnvironment(true);
+    this._openSocket();
+  }
+
+  /**
+   * Send input. It is queued until acknowledged and re-sent after a reconnect, exactly once.
+   * @param {string | Uint8Array | ArrayBuffer} data
+   */
+  send(data) {
+    if (this.state === ConnectionState.CLOSED) return;
+    const bytes = toBytes(data);
+    this._input.push(bytes);
+    if (this._attached) this._sendFrames([bytes]);
+  }
+
+  /** The terminal's size changed. */
+  resize(cols, rows) {
+    this.cols = cols;
+    this.rows = rows;
+    if (this._attached) this._sendJson({ type: 'resize', cols, rows });
+  }
+
+  /** Send an application-level ping; its pong updates `latency` (milliseconds). */
+  ping() {
+    if (this._attached) this._sendJson({ type: 'ping', t: this._now() });
+  }
+
+  /**
+   * Something suggests the network is back (`online`, the page became visible): attempt the
+   * pending reconnect now, or check that a live connection still answers. Through the breaker:
+   * while it is open (paused) nothing happens.
+   */
+  nudge() {
+    if (this.state === ConnectionState.RECONNECTING && !this._isHeldBack()) this._openSocket();
+    else if (this.state === ConnectionState.CONNECTED) this._probe();
+  }
+
+  /** The user asked to reconnect now: a paused connection makes its half-open trial at once. */
+  retryNow() {
+    if (this.state !== ConnectionState.RECONNECTING && this.state !== ConnectionState.PAUSED) return;
+    if (this._isHeldBack()) return; // the server said when: its retry-after is honoured
+    if (this.policy.forceTrial()) this._openSocket();
+  }
+
+  /** Attach again after an end that left the session alive (4009 replaced, for one). */
+  reconnect() {
+    if (this.state === ConnectionState.CLOSED) return;
+    this._closeSocket(1000, 'reconnecting');
+    this.policy.reset();
+    this.exit = null;
+    this._listenToEnvironment(true);
+    this._openSocket();
+  }
+
+  /** Forget the session and start a new shell (after an exit, a 4004, …). */
+  startNewSession() {
+    if (this.state === ConnectionState.CLOSED) return;
+    this._closeSocket(1000, 'new session');
+    Object.assign(this, { session: null, position: null, head: 0, hello: null, exit: null });
+    this._mayCreate = true;
+    this._input.clear();
+    this.policy.reset();
+    this.emit('reset', 'new-session');
+    this._listenToEnvironment(true);
+    this._openSocket();
+  }
+
+  /** Close for good. The session stays on the server, detached, until its idle timeout. */
+  close() {
+    this.policy.stop();
+    this._closeSocket(1000, 'closed by the user');
+    this._listenToEnvironment(false);
+    this._setState(ConnectionState.CLOSED, {});
+  }
+
+  /** The WebSocket URL of the next attempt. */
+  buildUrl() {
+    const params = new URLSearchParams({ project: this.project });
+    if (this.session) params.set('session', this.session);
+    params.set('client', this.clientId);
+    if (this.position !== null) params.set('offset', String(this.position));
+    if (this.cols && this.rows) {
+      params.set('cols', String(this.cols));
+      params.set('rows', String(this.rows));
+    }
+    if (!this._mayCreate) params.set('create', '0');
+    if (this.token) params.set('token', this.token);
+    return `${this.url}${this.url.includes('?') ? '&' : '?'}${params}`;
+  }
+
+  // -- sockets ----------------------------------------------------------------------------
+
+  _openSocket() {
+    this._timers.cancel('attempt');
+    const { attempt, trial } = this.policy.startAttempt();
+    let ws;
+    try {
+      ws = new this._WebSocket(this.buildUrl(), PROTOCOL);
+    } catch (error) {
+      this._socketClosed(1006, String(error?.message ?? error));
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    ws.onmessage = (event) => { if (ws === this._ws) this._receive(event.data); };
+    ws.onclose = (event) => { if (ws === this._ws) this._socketClosed(event.code, event.reason); };
+    ws.onerror = () => {}; // a close event follows; the error itself says nothing more
+    this._ws = ws;
+    this._attached = false;
+    this._schedule('connect', this.timings.connectTimeout, () => this._dropSocket('connect timeout'));
+    this._setState(ConnectionState.CONNECTING, { attempt, trial });
+  }
+
+  /** Our side gave up on the socket (timeout, no answer): treat it as lost without a close frame. */
+  _dropSocket(reason) {
+    const attached = this._attached;
+    this._closeSocket(1000, reason);
+    this._socketClosed(1006, reason, attached);
+  }
+
+  _closeSocket(code, reason) {
+    const ws = this._ws;
+    this._resetSocketState();
+    if (!ws) return;
+    ws.onmessage = ws.onclose = ws.onerror = null;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closed or closing: nothing to do
+    }
+  }
+
+  _resetSocketState() {
+    for (const name of ['connect', 'ping', 'probe']) this._timers.cancel(name);
+    this._ws = null;
+    this._attached = false;
+  }
+
+  _socketClosed(code, reason = '', attached = this._attached) {
+    this._resetSocketState();
+    this.emit('close', { code, reason, attached });
+    const decision = attached
+      ? this.policy.connectionLost(code, reason)
+      : this.policy.attemptFailed(code, reason);
+    this._follow(decision, code, reason);
+  }
+
+  _follow(decision, code, reason) {
+    if (decision.action === 'stop') {
+      this._listenToEnvironment(false);
+      const name = closeCodeName(code);
+      this._setState(ConnectionState.ENDED, {
+        code, reason, name, meaning: closeCodeMeaning(code), exit: this.exit,
+      });
+      return;
+    }
+    // The policy's delays are already scaled (and retry-after must not be).
+    const at = this._now() + decision.delay * 1000;
+    const retryAfter = retryAfterSeconds(reason);
+    this._notBefore = retryAfter === null ? 0 : this._now() + retryAfter * 1000;
+    const paused = decision.state === BreakerState.OPEN;
+    this._timers.schedule('attempt', decision.delay * 1000, () => this._openSocket());
+    this._setState(paused ? ConnectionState.PAUSED : ConnectionState.RECONNECTING, {
+      delay: decision.delay, at, attempt: decision.attempt, failures: decision.failures, code, reason,
+    });
+  }
+
+  // -- receiving --------------------------------------------------------------------------
+
+  _receive(data) {
+    this._receivedCount += 1;
+    this._receivedAt = this._now();
+    if (typeof data === 'string') {
+      this._receiveText(data);
+    } else if (this._attached) {
+      const bytes = ArrayBuffer.isView(data)
+        ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+        : new Uint8Array(data);
+      this._receiveOutput(bytes);
+    }
+  }
+
+  _receiveOutput(bytes) {
+    const replay = this.position < this.head;
+    this.position += bytes.length;
+    this.emit('output', bytes, { replay });
+  }
+
+  _receiveText(text) {
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      this.emit('protocol-error', `not JSON: ${text.slice(0, 80)}`);
+      return;
+    }
+    if (!this._attached) {
+      if (message?.type === 'hello') this._receiveHello(message);
+      else this.emit('protocol-error', `expected hello, got ${message?.type}`);
+      return;
+    }
+    this._receiveMessage(message);
+  }
+
+  _receiveHello(hello) {
+    this._timers.cancel('connect');
+    this._attached = true;
+    this.hello = hello;
+    this.session = hello.session;
+    this._mayCreate = false;
+    this.position = hello.replay_from;
+    this.head = hello.head;
+    this.exit = null;
+    this._input.resume(hello.input_acked ?? 0);
+    this.policy.succeeded();
+    this.emit('hello', hello);
+    if (hello.gap > 0) this.emit('reset', 'gap');
+    if (hello.restore) this.emit('restore', hello.restore);
+    this._sendFrames(this._input.frames());
+    this._schedulePing();
+    this._setState(ConnectionState.CONNECTED, {
+      session: hello.session, created: hello.created, gap: hello.gap,
+    });
+  }
+
+  _receiveMessage(message) {
+    switch (message?.type) {
+      case 'ack':
+        this._input.acknowledge(message.input);
+        this.emit('ack', message.input);
+        break;
+      case 'resize':
+        this.emit('remote-resize', { cols: message.cols, rows: message.rows });
+        break;
+      case 'pong':
+        this.latency = this._now() - message.t;
+        this.emit('latency', this.latency);
+        break;
+      case 'exit':
+        this.exit = { code: message.code ?? null, signal: message.signal ?? null };
+        this.emit('exit', this.exit);
+        break;
+      case 'error':
+        this.emit('server-error', { code: message.code, message: message.message });
+        break;
+      default:
+        break; // a newer server's message: ignored, for forward compatibility
+    }
+  }
+
+  // -- sending, liveness ------------------------------------------------------------------
+
+  _sendFrames(chunks) {
+    for (const chunk of chunks) {
+      for (let at = 0; at < chunk.length; at += MAX_FRAME_BYTES) {
+        this._sendRaw(chunk.subarray(at, at + MAX_FRAME_BYTES));
+      }
+    }
+  }
+
+  _sendJson(message) {
+    this._sendRaw(JSON.stringify(message));
+  }
+
+  _sendRaw(data) {
+    try {
+      this._ws?.send(data);
+    } catch {
+      // the socket is closing; queued input is re-sent on the next connection
+    }
+  }
+
+  _schedulePing() {
+    this._schedule('ping', this.timings.pingInterval, () => {
+      if (this._now() - this._receivedAt > this._scaled(this.timings.deadAfter)) {
+        this._dropSocket('no answer from the server');
+        return;
+      }
+      this.ping();
+      this._schedulePing();
+    });
+  }
+
+  _probe() {
+    if (this._timers.has('probe')) return;
+    const before = this._receivedCount;
+    this.ping();
+    this._schedule('probe', this.timings.probeTimeout, () => {
+      if (this._receivedCount > before) return;
+      this._dropSocket('no answer from the server');
+      this.nudge();
+    });
+  }
+
+  // -- plumbing ---------------------------------------------------------------------------
+
+  _isHeldBack() {
+    return this._now() < this._notBefore;
+  }
+
+  _setState(state, info) {
+    this.state = state;
+    this.stateInfo = { state, ...info };
+    this.emit('state', this.stateInfo);
+  }
+
+  _scaled(seconds) {
+    return seconds * 1000 * this.timeScale;
+  }
+
+  _schedule(name, seconds, callback) {
+    this._timers.schedule(name, this._scaled(seconds), callback);
+  }
+
+  _listenToEnvironment(on) {
+    if (!this._environment || this._listening === on) return;
+    this._listening = on;
+    const method = on ? 'addEventListener' : 'removeEventListener';
+    this._environment.window[method]('online', this._onOnline);
+    this._environment.document[method]('visibilitychange', this._onVisibility);
+  }
+}
