@@ -120,27 +120,23 @@ class SessionManager:
     def _check_address(self, address: str, now: float) -> bool:
         if self.settings.storm_exempt_loopback and is_loopback(address):
             return False
-        decision = self.address_storms.check(address, now)
-        if not decision.allowed:
-            self._emit(
-                "storm",
-                addr=address,
-                scope="address",
-                retry_after=decision.retry_after,
-                tripped=decision.tripped,
-            )
-            raise Refusal(CloseCode.STORM, f"retry-after={decision.retry_after}")
+        self._check_storm(self.address_storms, "address", address, now, addr=address)
         return True
 
     def _check_key_storm(self, key: str, now: float) -> None:
-        decision = self.key_storms.check(key, now)
+        self._check_storm(self.key_storms, "key", key, now, key=key)
+
+    def _check_storm(
+        self, detector: StormDetector, scope: str, name: str, now: float, **fields: Any
+    ) -> None:
+        decision = detector.check(name, now)
         if not decision.allowed:
             self._emit(
                 "storm",
-                key=key,
-                scope="key",
+                scope=scope,
                 retry_after=decision.retry_after,
                 tripped=decision.tripped,
+                **fields,
             )
             raise Refusal(CloseCode.STORM, f"retry-after={decision.retry_after}")
 
