@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from tether.server import SERVER_KEY, Server
-from tether.session import Session
+from tether.session import Session, SessionState
+from tether.storm import BreakerSnapshot
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -88,100 +89,140 @@ def _visible_sessions(request: web.Request) -> list[Session] | web.Response:
     ]
 
 
-async def stats_sessions(request: web.Request) -> web.Response:
-    sessions = _visible_sessions(request)
-    if isinstance(sessions, web.Response):
-        return sessions
-    now_m, now_w = time.monotonic(), time.time()
-    entries = [session_entry(s, now_m, now_w) for s in sessions]
-    states = {"starting": 0, "attached": 0, "detached": 0, "ended": 0}
+_STATES = tuple(state.value for state in SessionState)
+
+
+def _totals(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    by_state = dict.fromkeys(_STATES, 0)
     for entry in entries:
-        states[entry["state"]] += 1
-    totals = {
+        by_state[entry["state"]] += 1
+    return {
         "sessions": len(entries),
-        "attached": states["attached"],
-        "detached": states["detached"],
-        "starting": states["starting"],
-        "ended": states["ended"],
+        **by_state,
+        "by_state": by_state,
         "clients": sum(e["clients"] for e in entries),
         "buffered_bytes": sum(e["buffered_bytes"] for e in entries),
         "memory_bytes": sum(e["memory_bytes"] for e in entries),
     }
+
+
+async def stats_sessions(request: web.Request) -> web.Response:
+    """Every visible session (``?project=``, ``?owner=`` filter), totals, and this process."""
+    sessions = _visible_sessions(request)
+    if isinstance(sessions, web.Response):
+        return sessions
+    now_m, now_w = time.monotonic(), time.time()
+    ordered = sorted(sessions, key=lambda s: (s.info.created_at, s.info.key))
+    entries = [session_entry(s, now_m, now_w) for s in ordered]
     server = _server(request)
     return web.json_response(
-        {"totals": totals, "server": server.process_facts(), "sessions": entries}
+        {"totals": _totals(entries), "server": server.process_facts(), "sessions": entries}
     )
 
 
+def _wall_iso(monotonic_at: float | None, now_m: float, now_w: float) -> str | None:
+    return None if monotonic_at is None else _iso(now_w - (now_m - monotonic_at))
+
+
+def _storm_rows(snapshots: list[BreakerSnapshot], now_m: float, now_w: float) -> list[Any]:
+    return [
+        {
+            "key": b.key,
+            "state": b.state.value,
+            "attempts": b.attempts_in_window,
+            "trips": b.trips,
+            "delay": b.delay,
+            "retry_after": b.retry_after,
+            "opened_at": _wall_iso(b.opened_at, now_m, now_w),
+        }
+        for b in snapshots
+    ]
+
+
+def _thresholds(server: Server) -> dict[str, Any]:
+    settings, manager = server.settings, server.manager
+    storms = manager.key_storms
+    return {
+        "key": {
+            "threshold": settings.storm_threshold,
+            "window": settings.storm_window,
+            "max_delay": storms.max_delay,
+            "forget_after": storms.forget_after,
+        },
+        "address": {
+            "threshold": settings.address_storm_threshold,
+            "window": settings.storm_window,
+            "max_delay": manager.address_storms.max_delay,
+            "forget_after": manager.address_storms.forget_after,
+            "loopback_exempt": settings.storm_exempt_loopback,
+        },
+        "project": {
+            "failures": manager.start_failures.failures,
+            "open_for": manager.start_failures.open_for,
+        },
+    }
+
+
 async def stats_breakers(request: web.Request) -> web.Response:
+    """Every server-side breaker (per key, address, project) and the thresholds in force.
+
+    A non-operator sees the key breakers of its own sessions only, and no addresses.
+    """
     server = _server(request)
     identity = server.identify(request)
     if identity is None:
         return json_error(401, "unauthorized", "missing or invalid credential")
-    manager, now = server.manager, time.monotonic()
-    settings = server.settings
-
-    def rows(snapshots: list[Any]) -> list[dict[str, Any]]:
-        return [
-            {
-                "key": b.key,
-                "state": b.state.value,
-                "attempts": b.attempts_in_window,
-                "trips": b.trips,
-                "retry_after": b.retry_after,
-                "opened_at": _iso(time.time() - (now - b.opened_at)) if b.opened_at else None,
-            }
-            for b in snapshots
-        ]
-
-    keys = manager.key_storms.snapshot(now)
+    manager, now_m, now_w = server.manager, time.monotonic(), time.time()
+    keys = manager.key_storms.snapshot(now_m)
     if not identity.operator:
         keys = [
             b
             for b in keys
             if b.key in manager.sessions and manager.sessions[b.key].info.owner == identity.owner
         ]
+    addresses = manager.address_storms.snapshot(now_m) if identity.operator else []
+    projects = [
+        {
+            "project": b.project,
+            "state": b.state.value,
+            "failures": b.failures,
+            "retry_after": b.retry_after,
+            "opened_at": _wall_iso(b.opened_at, now_m, now_w),
+        }
+        for b in manager.start_failures.snapshot(now_m)
+    ]
+    key_rows, address_rows = _storm_rows(keys, now_m, now_w), _storm_rows(addresses, now_m, now_w)
+    groups = {"key": key_rows, "address": address_rows, "project": projects}
     return web.json_response(
         {
-            "thresholds": {
-                "key": {"threshold": settings.storm_threshold, "window": settings.storm_window},
-                "address": {
-                    "threshold": settings.address_storm_threshold,
-                    "window": settings.storm_window,
-                    "loopback_exempt": settings.storm_exempt_loopback,
-                },
-                "project": {
-                    "failures": manager.start_failures.failures,
-                    "open_for": manager.start_failures.open_for,
-                },
+            "thresholds": _thresholds(server),
+            "open": {
+                scope: sum(1 for row in rows if row["state"] == "open")
+                for scope, rows in groups.items()
             },
-            "key": rows(keys),
-            "address": rows(manager.address_storms.snapshot(now)) if identity.operator else [],
-            "project": [
-                {
-                    "project": b.project,
-                    "state": b.state.value,
-                    "failures": b.failures,
-                    "retry_after": b.retry_after,
-                }
-                for b in manager.start_failures.snapshot(now)
-            ],
+            **groups,
         }
     )
 
 
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
 async def metrics(request: web.Request) -> web.Response:
     body = _server(request).metrics.render()
-    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+    return web.Response(body=body, headers={"Content-Type": _METRICS_TYPE})
 
 
 async def list_sessions(request: web.Request) -> web.Response:
     denied = _require_operator(request)
     if denied is not None:
         return denied
+    sessions = _visible_sessions(request)
+    if isinstance(sessions, web.Response):
+        return sessions
     now_m, now_w = time.monotonic(), time.time()
-    sessions = _server(request).manager.sessions.values()
-    return web.json_response({"sessions": [session_entry(s, now_m, now_w) for s in sessions]})
+    ordered = sorted(sessions, key=lambda s: (s.info.created_at, s.info.key))
+    return web.json_response({"sessions": [session_entry(s, now_m, now_w) for s in ordered]})
 
 
 async def kill_session(request: web.Request) -> web.Response:
@@ -199,7 +240,7 @@ async def clear_sessions(request: web.Request) -> web.Response:
     if denied is not None:
         return denied
     project = request.query.get("project")
-    if project is None and request.can_read_body:
+    if project is None and request.body_exists:
         try:
             body = await request.json()
         except ValueError:
@@ -209,7 +250,10 @@ async def clear_sessions(request: web.Request) -> web.Response:
         project = body.get("project")
         if project is not None and not isinstance(project, str):
             return json_error(400, "bad_field", "project must be a string")
-    keys = _server(request).manager.clear(project=project)
+    server = _server(request)
+    if project is not None and server.settings.project(project) is None:
+        return json_error(404, "not_found", f"no project {project[:64]}")
+    keys = server.manager.clear(project=project)
     return web.json_response({"cleared": keys, "count": len(keys)})
 
 

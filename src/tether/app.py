@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from tether import api, logs, pty
+from tether.codes import CloseCode
 from tether.config import Settings
+from tether.errors import ConfigError, Refusal
+from tether.hostcheck import is_loopback_host
+from tether.messages import SUBPROTOCOL
 from tether.server import SERVER_KEY, Server
 from tether.store import SessionStore
 from tether.ws import handle_terminal
@@ -38,6 +45,34 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return api.json_error(500, "internal_error", "internal server error")
 
 
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Before any route: the Host header must name us; probes and metrics may need a credential."""
+    server = request.app[SERVER_KEY]
+    if not server.host_allowed(request):
+        return await _refuse_host(server, request)
+    settings = server.settings
+    routed = request.match_info.http_exception is None  # else 404/405 answers first
+    gated = (request.path == "/metrics" and settings.metrics_auth) or (
+        request.path in ("/healthz", "/readyz") and settings.healthz_auth
+    )
+    if routed and gated and server.identify(request) is None:
+        return api.json_error(401, "unauthorized", "missing or invalid credential")
+    return await handler(request)
+
+
+async def _refuse_host(server: Server, request: web.Request) -> web.StreamResponse:
+    # A browser cannot read the status of a failed upgrade: WebSockets get a 4003 close instead.
+    ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,))
+    if request.path == "/ws/terminal" and ws.can_prepare(request).ok:
+        refusal = Refusal(CloseCode.FORBIDDEN, "host not allowed")
+        server.on_refused(refusal, server.client_address(request))
+        await ws.prepare(request)
+        await ws.close(code=refusal.code, message=refusal.reason.encode())
+        return ws
+    return api.json_error(403, "host_not_allowed", "host not allowed")
+
+
 async def index(request: web.Request) -> web.StreamResponse:
     page = STATIC_DIR / "index.html"
     if not page.is_file():
@@ -54,7 +89,7 @@ async def _reaper(server: Server) -> None:
 
 def create_app(settings: Settings, store: SessionStore | None = None) -> web.Application:
     """A ready-to-run application for ``settings``."""
-    app = web.Application(middlewares=[json_errors], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[json_errors, guard], client_max_size=1024 * 1024)
     server = Server(settings, store)
     app[SERVER_KEY] = server
     app.router.add_get("/ws/terminal", handle_terminal)
@@ -87,11 +122,45 @@ async def _stop(app: web.Application) -> None:
     app[REAPER_KEY].cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await app[REAPER_KEY]
-    await server.manager.shutdown()
+    await server.shutdown()
+
+
+class RedactParserErrors(logging.Filter):
+    """aiohttp logs a malformed request with the parser's message, which quotes the request
+    line, and with it any ``token`` in the query: keep the peer and the kind of error only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "%s: %s", (record.getMessage(), type(error).__name__)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_AIOHTTP_SERVER_LOGGER = logging.getLogger("aiohttp.server")
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server's TLS context from ``--certfile``/``--keyfile`` (None: plain HTTP)."""
+    if settings.certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+    except OSError as exc:
+        reason = exc.strerror or getattr(exc, "reason", None) or "unreadable or mismatched"
+        raise ConfigError("certfile", f"cannot load certificate and key: {reason}") from None
+    return context
 
 
 async def serve(settings: Settings, *, ready: Callable[[str], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT: clients get 1001, every shell is ended and reaped."""
+    """Run until SIGTERM/SIGINT: clients get 1001, every shell is ended and reaped.
+
+    Raises ConfigError before listening when a tokens file, key or certificate is unusable.
+    """
+    ssl_context = tls_context(settings)
+    app = create_app(settings)
     handlers = logs.configure(
         settings.log_file,
         settings.log_level,
@@ -99,16 +168,21 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
         settings.log_backups,
         stderr=True,
     )
-    app = create_app(settings)
+    redact = RedactParserErrors()
+    _AIOHTTP_SERVER_LOGGER.addFilter(redact)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        site = web.TCPSite(
+            runner, settings.host, settings.port, reuse_address=True, ssl_context=ssl_context
+        )
         await site.start()
         port = runner.addresses[0][1]
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        url = f"http://{host}:{port}"
-        logs.log_event("listen", url=url, projects=settings.project_ids)
+        url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
+        logs.log_event("listen", url=url, projects=settings.project_ids, auth=settings.auth)
+        if settings.auth == "none" and not is_loopback_host(settings.host):
+            logs.log_event("insecure", reason="no authentication on a non-loopback address")
         if ready is not None:
             ready(url)
         stop = asyncio.Event()
@@ -116,12 +190,19 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        logs.log_event("shutdown", reason="signal")
-        app[SERVER_KEY].manager.accepting = False
-        await app[SERVER_KEY].manager.shutdown()
+        stop.clear()
+        # SIGTERM drains: no new sessions, clients are told 1001, shells end after the drain
+        # grace (a second signal cuts the grace short).
+        server = app[SERVER_KEY]
+        logs.log_event("shutdown", reason="signal", grace=server.settings.drain_grace)
+        server.begin_drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), server.settings.drain_grace)
+        await server.shutdown()
     finally:
         await runner.cleanup()
         logs.remove(handlers)
+        _AIOHTTP_SERVER_LOGGER.removeFilter(redact)
 
 
 def run(settings: Settings) -> None:

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tether.errors import ConfigError
+from tether.hostcheck import (
+    is_loopback_host,
+    is_valid_host_pattern,
+    is_valid_origin,
+    parse_networks,
+)
 from tether.ids import is_valid_project_id
+from tether.shellenv import run_as
 
 ENV_PREFIX = "TETHER_"
 MiB = 1024 * 1024
@@ -60,6 +68,21 @@ class Settings(BaseModel):
     log_backups: int = Field(5, ge=0)
     allowed_origins: tuple[str, ...] = ()
     drain_grace: float = Field(5.0, ge=0)
+    # Security (docs/security.md): who may connect, over what, and what they may reach.
+    auth: Literal["none", "token", "jwt"] = "none"
+    insecure_no_auth: bool = False
+    tokens_file: Path | None = None
+    jwt_secret_env: str | None = None
+    jwt_public_key: Path | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: float = Field(30.0, ge=0, le=3600)
+    max_sessions_per_owner: int = Field(50, ge=1)
+    metrics_auth: bool = True
+    healthz_auth: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    shell_user: str | None = None
 
     @field_validator("log_level")
     @classmethod
@@ -102,15 +125,19 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{path} is not UTF-8 text") from None
     return {key.replace("-", "_"): value for key, value in data.items()}
 
 
-_LIST_SETTINGS = {"projects", "allowed_origins", "trusted_proxies"}
+_LIST_SETTINGS = {"projects", "allowed_origins", "trusted_proxies", "allowed_hosts"}
 _ENV_ALIASES = {
     "project": "projects",
     "allowed_origin": "allowed_origins",
     "trusted_proxy": "trusted_proxies",
+    "allowed_host": "allowed_hosts",
 }
+_PATH_SETTINGS = ("tokens_file", "jwt_public_key", "certfile", "keyfile")
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -135,24 +162,78 @@ def build_settings(*layers: Mapping[str, Any], cwd: Path | None = None) -> Setti
     base = cwd or Path.cwd()
     merged["projects"] = _projects(merged.get("projects"), base)
     merged["shell"] = _shell(merged.get("shell"))
+    if merged.get("shell_user") not in (None, ""):
+        merged["shell"] = run_as(str(merged["shell_user"]), merged["shell"])
     if isinstance(merged.get("log_file"), str) and merged["log_file"].strip() in {"", "-"}:
         merged["log_file"] = None
     merged.setdefault("log_file", DEFAULT_LOG_FILE)
-    if merged.get("log_file") is not None:
-        merged["log_file"] = (base / Path(merged["log_file"])).resolve()
+    for name in ("log_file", *_PATH_SETTINGS):
+        if merged.get(name) not in (None, ""):
+            merged[name] = _path(name, merged[name], base)
     try:
-        return Settings(**merged)
+        return check_security(Settings(**merged))
     except ValidationError as exc:
         error = exc.errors()[0]
-        setting = str(error["loc"][0]).replace("_", "-") if error["loc"] else "config"
-        raise ConfigError(setting, error["msg"]) from None
+        setting = str(error["loc"][0]).replace("_", "-") if error["loc"] else ""
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", setting):  # an unknown name, from the user
+            raise ConfigError("config", f"unknown setting {setting[:40]!r}") from None
+        raise ConfigError(setting or "config", error["msg"]) from None
     except TypeError as exc:
         raise ConfigError("config", str(exc)) from None
+
+
+def _path(name: str, value: Any, base: Path) -> Path:
+    if not isinstance(value, str | Path) or "\0" in str(value):
+        raise ConfigError(name.replace("_", "-"), "must be a file path")
+    return _expand(name.replace("_", "-"), str(value), base)
+
+
+def _expand(setting: str, path: str, base: Path) -> Path:
+    try:
+        return (base / Path(path).expanduser()).resolve()
+    except (RuntimeError, ValueError, OSError):  # ~nosuchuser, NUL bytes, loops
+        raise ConfigError(setting, f"unusable path {path[:64]!r}") from None
+
+
+def check_security(settings: Settings) -> Settings:
+    """The rules that tie security settings together (docs/security.md); ConfigError if broken."""
+    exposed = not is_loopback_host(settings.host)
+    if settings.auth == "none" and exposed and not settings.insecure_no_auth:
+        raise ConfigError(
+            "auth",
+            f"refusing to serve {settings.host} without authentication: "
+            "use --auth token|jwt, or --insecure-no-auth",
+        )
+    if settings.auth == "token" and settings.tokens_file is None:
+        raise ConfigError("tokens-file", "required with --auth token")
+    if settings.auth == "jwt" and (settings.jwt_secret_env is None) == (
+        settings.jwt_public_key is None
+    ):
+        raise ConfigError("auth", "--auth jwt needs one of --jwt-secret-env, --jwt-public-key")
+    if settings.keyfile is not None and settings.certfile is None:
+        raise ConfigError("keyfile", "needs --certfile")
+    _check_lists(settings)
+    return settings
+
+
+def _check_lists(settings: Settings) -> None:
+    for host in settings.allowed_hosts:
+        if not is_valid_host_pattern(host):
+            raise ConfigError("allowed-host", f"not a host name: {host[:64]!r}")
+    for origin in settings.allowed_origins:
+        if not is_valid_origin(origin):
+            raise ConfigError("allowed-origin", f"expected scheme://host[:port]: {origin[:64]!r}")
+    try:
+        parse_networks(settings.trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError("trusted-proxy", str(exc)[:120]) from None
 
 
 def _projects(value: Any, base: Path) -> tuple[Project, ...]:
     if not value:
         return (Project(id="default", directory=base.resolve()),)
+    if not isinstance(value, list | tuple | dict):
+        raise ConfigError("project", "expected a list of ID=DIR")
     projects: list[Project] = []
     items = value.items() if isinstance(value, dict) else value
     project_id: Any
@@ -176,7 +257,7 @@ def _projects(value: Any, base: Path) -> tuple[Project, ...]:
 def _project(project_id: str, directory: str, name: Any, base: Path) -> Project:
     if not is_valid_project_id(project_id):
         raise ConfigError("project", f"invalid project id {project_id[:64]!r}")
-    path = (base / Path(directory).expanduser()).resolve()
+    path = _expand("project", directory, base)
     if not path.is_dir():
         raise ConfigError("project", f"{project_id}: directory {path} does not exist")
     return Project(id=project_id, directory=path, name=str(name) if name else None)
@@ -185,6 +266,8 @@ def _project(project_id: str, directory: str, name: Any, base: Path) -> Project:
 def _shell(value: Any) -> tuple[str, ...]:
     if value is None or value == "" or value == []:
         return default_shell()
+    if not isinstance(value, str | list | tuple):
+        raise ConfigError("shell", "expected a command line or a list of arguments")
     try:
         argv = tuple(shlex.split(value)) if isinstance(value, str) else tuple(map(str, value))
     except ValueError as exc:

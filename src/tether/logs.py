@@ -1,8 +1,9 @@
 """Logging: the JSON lifecycle log (one object per line, rotated by size) and stderr.
 
 Events come from the session manager and the WebSocket front as ``(event, fields)``; each line
-carries ``ts``, ``event`` and whatever of ``key session project owner client addr pid
-duration_ms code reason`` applies. Credentials are never passed in, and URLs are never logged.
+carries ``ts``, ``level``, ``event`` and whatever of ``key session project owner client addr pid
+duration_ms code reason`` applies (docs/operations.md lists the events). Credentials are never
+passed in, fields named like secrets are dropped all the same, and URLs are never logged.
 """
 
 from __future__ import annotations
@@ -46,11 +47,23 @@ class HumanFormatter(logging.Formatter):
 
 
 def configure(
-    log_file: Path | None, level: str, max_bytes: int, backups: int, stderr: bool = True
+    log_file: Path | None,
+    level: str,
+    max_bytes: int,
+    backups: int,
+    stderr: bool = True,
+    stderr_level: str | None = None,
 ) -> list[logging.Handler]:
-    """Set up the lifecycle logger; returns the handlers it added (to close at shutdown)."""
+    """Set up the lifecycle logger; returns the handlers it added (to close at shutdown).
+
+    ``log_file`` (None: no file) gets JSON lines at ``level`` and rotates by size through the
+    standard library's :class:`~logging.handlers.RotatingFileHandler` (``max_bytes`` per file,
+    ``backups`` old files kept). stderr gets human-readable lines at ``stderr_level`` (default:
+    ``level``).
+    """
     logger = logging.getLogger(LIFECYCLE_LOGGER)
-    logger.setLevel(level.upper())
+    levels = [level] + ([stderr_level or level] if stderr else [])
+    logger.setLevel(min(_level_number(name) for name in levels))
     logger.propagate = False
     handlers: list[logging.Handler] = []
     if log_file is not None:
@@ -59,14 +72,20 @@ def configure(
             log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
         )
         handler.setFormatter(JsonLineFormatter())
+        handler.setLevel(_level_number(level))
         handlers.append(handler)
     if stderr:
         console = logging.StreamHandler()
         console.setFormatter(HumanFormatter())
+        console.setLevel(_level_number(stderr_level or level))
         handlers.append(console)
     for handler in handlers:
         logger.addHandler(handler)
     return handlers
+
+
+def _level_number(name: str) -> int:
+    return logging.getLevelNamesMapping()[name.upper()]
 
 
 def remove(handlers: list[logging.Handler]) -> None:
@@ -76,19 +95,18 @@ def remove(handlers: list[logging.Handler]) -> None:
         handler.close()
 
 
-_ERROR_EVENTS = frozenset({"error"})
-_WARNING_EVENTS = frozenset({"storm", "breaker"})
+# Default level of each event; everything else is info. Storm refusals that do not trip a
+# breaker are logged at debug by the server (a storm must not flood the log it is seen in).
+_EVENT_LEVELS = {"error": logging.ERROR, "storm": logging.WARNING, "breaker": logging.WARNING}
 
 
 def log_event(event: str, **fields: Any) -> None:
-    """Write one lifecycle event."""
+    """Write one lifecycle event at its default level."""
+    log_at(_EVENT_LEVELS.get(event, logging.INFO), event, **fields)
+
+
+def log_at(level: int, event: str, **fields: Any) -> None:
+    """Write one lifecycle event at ``level`` (a :mod:`logging` level number)."""
     logger = logging.getLogger(LIFECYCLE_LOGGER)
-    level = (
-        logging.ERROR
-        if event in _ERROR_EVENTS
-        else logging.WARNING
-        if event in _WARNING_EVENTS
-        else logging.INFO
-    )
     if logger.isEnabledFor(level):
         logger.log(level, event, extra={"fields": fields})

@@ -98,6 +98,8 @@ class ServerProcess:
             str(self.log_file),
             "--kill-grace",
             "1",
+            "--drain-grace",
+            "0.2",
         ]
         if not has_project:
             command += ["--project", f"{self.project}={self.project_dir}"]

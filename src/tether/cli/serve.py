@@ -32,11 +32,28 @@ _SCALAR_FLAGS = (
 )
 
 
+# Security flags (docs/security.md): (flag, metavar, help).
+_SECURITY_FLAGS = (
+    ("auth", "none|token|jwt", "authentication mode (default none: loopback binds only)"),
+    ("tokens-file", "FILE", "TOML file of [[tokens]] (owner, projects, operator) for --auth token"),
+    ("jwt-secret-env", "NAME", "environment variable holding the HS256 secret for --auth jwt"),
+    ("jwt-public-key", "FILE", "PEM RSA public key (RS256) for --auth jwt"),
+    ("jwt-audience", "AUD", "required JWT audience (aud)"),
+    ("jwt-leeway", "SECONDS", "clock skew tolerated on exp/nbf (default 30)"),
+    ("max-sessions-per-owner", "N", "sessions one owner may hold, where auth is on (default 50)"),
+    ("certfile", "FILE", "TLS certificate chain (PEM): serve https:// and wss://"),
+    ("keyfile", "FILE", "TLS private key (PEM), if not inside --certfile"),
+    ("shell-user", "USER", "run shells as this unprivileged user (server running as root)"),
+)
+
+
 def _options(command: Any) -> Any:
     for flag in reversed(_SCALAR_FLAGS):
         command = click.option(
             f"--{flag}", default=None, metavar="VALUE", help=f"see docs ({flag.replace('-', '_')})"
         )(command)
+    for flag, metavar, text in reversed(_SECURITY_FLAGS):
+        command = click.option(f"--{flag}", default=None, metavar=metavar, help=text)(command)
     return command
 
 
@@ -75,6 +92,32 @@ def _options(command: Any) -> Any:
     default=None,
     help="exempt loopback peers from the per-address storm rule (default: yes)",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="host name served besides loopback addresses (repeatable; .example.com: subdomains)",
+)
+@click.option(
+    "--insecure-no-auth",
+    "insecure_no_auth",
+    is_flag=True,
+    default=None,
+    help="allow --auth none on a non-loopback address (anyone reaching it gets a shell)",
+)
+@click.option(
+    "--metrics-auth/--no-metrics-auth",
+    "metrics_auth",
+    default=None,
+    help="/metrics needs a credential where auth is on (default: yes)",
+)
+@click.option(
+    "--healthz-auth/--no-healthz-auth",
+    "healthz_auth",
+    default=None,
+    help="/healthz and /readyz need a credential where auth is on (default: no)",
+)
 @_options
 def serve(config_file: str | None, **flags: Any) -> None:
     """Serve terminals over WebSocket (default 127.0.0.1:4001)."""
@@ -88,7 +131,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
             else {}
         )
         settings = build_settings(file_layer, from_environment(os.environ), raw)
+        run(settings)  # raises ConfigError before listening (tokens file, keys, certificate)
     except ConfigError as exc:
         click.echo(f"tether: invalid configuration: {exc}", err=True)
         raise click.exceptions.Exit(2) from None
-    run(settings)

@@ -1,0 +1,66 @@
+"""tether.shellenv: the allowlisted environment, and running shells as another account."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+import pytest
+
+from tether.errors import ConfigError
+from tether.shellenv import run_as, shell_environment
+
+SERVER_ENVIRONMENT = {
+    "PATH": "/usr/bin:/bin",
+    "HOME": "/root",
+    "LANG": "en_US.UTF-8",
+    "TETHER_AUTH": "jwt",
+    "TETHER_JWT_SECRET": "super-secret-signing-key-0123456789",
+    "TETHER_TOKENS_FILE": "/etc/tether/tokens.toml",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret",
+    "LD_PRELOAD": "/tmp/evil.so",
+    "PYTHONPATH": "/srv/app",
+}
+
+
+def test_only_allowlisted_variables_pass() -> None:
+    env = shell_environment(("/bin/bash",), "alice", "web", SERVER_ENVIRONMENT)
+    assert not [name for name in env if name.startswith("TETHER_")]
+    for leaked in ("AWS_SECRET_ACCESS_KEY", "LD_PRELOAD", "PYTHONPATH"):
+        assert leaked not in env
+    assert env["PATH"] == "/usr/bin:/bin" and env["HOME"] == "/root" and env["SHELL"] == "/bin/bash"
+    assert env["TERM"] == "xterm-256color"
+    assert "super-secret" not in repr(env)
+
+
+def test_defaults_when_the_server_has_almost_nothing() -> None:
+    env = shell_environment(("bash",), "alice", "web", {})
+    assert env["PATH"] and env["LANG"] == "C.UTF-8" and env["HOME"]
+
+
+def _other_account() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' account")
+
+
+def test_run_as_wraps_the_shell_in_setpriv_when_root() -> None:
+    account = _other_account()
+    argv = run_as(account.pw_name, ("/bin/bash", "--norc"), euid=0)
+    assert os.path.basename(argv[0]) == "setpriv"
+    assert f"--reuid={account.pw_uid}" in argv and f"--regid={account.pw_gid}" in argv
+    assert argv[-3:] == ("--", "/bin/bash", "--norc")
+    env = shell_environment(argv, "alice", "web", SERVER_ENVIRONMENT)
+    assert env["HOME"] == account.pw_dir and env["USER"] == account.pw_name
+    assert env["LOGNAME"] == account.pw_name and env["SHELL"] == "/bin/bash"
+
+
+def test_run_as_is_a_no_op_for_ourselves_and_needs_root_otherwise() -> None:
+    me = pwd.getpwuid(os.geteuid())
+    assert run_as(me.pw_name, ("bash",)) == ("bash",)
+    account = _other_account()
+    with pytest.raises(ConfigError, match="root"):
+        run_as(account.pw_name, ("bash",), euid=account.pw_uid + 1)
+    with pytest.raises(ConfigError, match="no such user"):
+        run_as("no-such-user-here", ("bash",))
