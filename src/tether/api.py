@@ -225,14 +225,32 @@ async def list_sessions(request: web.Request) -> web.Response:
     return web.json_response({"sessions": [session_entry(s, now_m, now_w) for s in ordered]})
 
 
-async def kill_session(request: web.Request) -> web.Response:
+def _named_session(request: web.Request) -> Session | web.Response:
+    """The session named by ``{key}``, for an operator (401/403/404 otherwise)."""
     denied = _require_operator(request)
     if denied is not None:
         return denied
     key = request.match_info["key"]
-    if not _server(request).manager.kill(key):
+    session = _server(request).manager.sessions.get(key)
+    if session is None:
         return json_error(404, "not_found", f"no session {key[:140]}")
-    return web.json_response({"killed": key})
+    return session
+
+
+async def get_session(request: web.Request) -> web.Response:
+    session = _named_session(request)
+    if isinstance(session, web.Response):
+        return session
+    return web.json_response(session_entry(session, time.monotonic(), time.time()))
+
+
+async def kill_session(request: web.Request) -> web.Response:
+    """End a session (operator API): its clients get 4013."""
+    session = _named_session(request)
+    if isinstance(session, web.Response):
+        return session
+    _server(request).manager.kill(session.info.key)
+    return web.json_response({"killed": session.info.key})
 
 
 async def clear_sessions(request: web.Request) -> web.Response:

@@ -97,6 +97,7 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/api/projects", api.projects)
     app.router.add_get("/api/sessions", api.list_sessions)
+    app.router.add_get("/api/sessions/{key}", api.get_session)
     app.router.add_delete("/api/sessions/{key}", api.kill_session)
     app.router.add_post("/api/sessions/clear", api.clear_sessions)
     app.router.add_post("/api/drain", api.drain)

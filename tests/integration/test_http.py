@@ -246,3 +246,17 @@ async def test_health_ready_drain_and_errors_are_json() -> None:
         stats = await get(f"{base}/stats/sessions")
         assert stats["server"]["ready"] is False
         await asyncio.sleep(0.3)
+
+
+async def test_one_session_by_key() -> None:
+    async with inprocess_server() as srv, aiohttp.ClientSession() as http:
+        conn = await must_connect(srv.ws_url, project="default")
+        async with http.get(f"{srv.base_url}/api/sessions/{conn.hello['key']}") as response:
+            assert response.status == 200
+            entry = await response.json()
+        assert entry["key"] == conn.hello["key"] and entry["state"] == "attached"
+        assert entry["clients"] == 1 and entry["pid"] > 0
+        async with http.get(f"{srv.base_url}/api/sessions/nope:default") as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == "not_found"
+        await conn.close()
