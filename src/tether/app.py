@@ -167,7 +167,8 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
         settings.log_level,
         settings.log_max_bytes,
         settings.log_backups,
-        stderr=True,
+        stderr=settings.log_stderr_level != "off",
+        stderr_level=settings.log_stderr_level,
     )
     redact = RedactParserErrors()
     _AIOHTTP_SERVER_LOGGER.addFilter(redact)

@@ -64,6 +64,7 @@ class Settings(BaseModel):
     tombstone_ttl: float = Field(300.0, ge=0)
     log_file: Path | None = Path("logs/terminal-websocket.log")
     log_level: str = "info"
+    log_stderr_level: str | None = None  # None: as log_level; "off": nothing on stderr
     log_max_bytes: int = Field(10 * MiB, ge=1024)
     log_backups: int = Field(5, ge=0)
     allowed_origins: tuple[str, ...] = ()
@@ -90,6 +91,13 @@ class Settings(BaseModel):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
+
+    @field_validator("log_stderr_level")
+    @classmethod
+    def _stderr_level(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in {"debug", "info", "warning", "error", "off"}:
+            raise ValueError("must be one of debug, info, warning, error, off")
+        return value.lower() if value else None
 
     @property
     def project_ids(self) -> list[str]:

@@ -11,24 +11,26 @@ from tether.cli._group import cli
 from tether.config import build_settings, from_environment, load_toml
 from tether.errors import ConfigError
 
-# flag name → settings field; every value is validated by the settings model.
+# (flag, metavar, help): each flag sets the settings field of the same name; every value is
+# validated by the settings model.
 _SCALAR_FLAGS = (
-    "host",
-    "port",
-    "shell",
-    "buffer-size",
-    "idle-timeout",
-    "kill-grace",
-    "storm-threshold",
-    "address-storm-threshold",
-    "storm-window",
-    "heartbeat",
-    "max-message-size",
-    "max-sessions",
-    "log-file",
-    "log-level",
-    "drain-grace",
-    "tombstone-ttl",
+    ("host", "ADDR", "address to listen on (default 127.0.0.1)"),
+    ("port", "PORT", "port to listen on; 0 picks a free one (default 4001)"),
+    ("shell", "CMD", "command line each terminal runs (default: login shell, else bash)"),
+    ("buffer-size", "BYTES", "output kept per session for replay (default 1048576)"),
+    ("idle-timeout", "SECONDS", "end a session detached this long (default 1800)"),
+    ("kill-grace", "SECONDS", "SIGHUP to SIGKILL delay when a session ends (default 5)"),
+    ("storm-threshold", "N", "connects per key within the storm window (default 10)"),
+    ("address-storm-threshold", "N", "connects per client address in the window (default 300)"),
+    ("storm-window", "SECONDS", "the storm window (default 10)"),
+    ("heartbeat", "SECONDS", "ping interval; two unanswered pings drop a client (default 25)"),
+    ("max-message-size", "BYTES", "larger client frames close with 1009 (default 1048576)"),
+    ("max-sessions", "N", "sessions this server holds at most, then 1013 (default 2000)"),
+    ("log-file", "PATH", "JSON lifecycle log, '-' for none (default logs/terminal-websocket.log)"),
+    ("log-level", "LEVEL", "debug, info, warning or error (default info)"),
+    ("log-stderr-level", "LEVEL", "level of the human log on stderr, or off (default: log-level)"),
+    ("drain-grace", "SECONDS", "after SIGTERM or POST /api/drain, end shells after (default 5)"),
+    ("tombstone-ttl", "SECONDS", "how long an ended session's reason is kept (default 300)"),
 )
 
 
@@ -48,11 +50,7 @@ _SECURITY_FLAGS = (
 
 
 def _options(command: Any) -> Any:
-    for flag in reversed(_SCALAR_FLAGS):
-        command = click.option(
-            f"--{flag}", default=None, metavar="VALUE", help=f"see docs ({flag.replace('-', '_')})"
-        )(command)
-    for flag, metavar, text in reversed(_SECURITY_FLAGS):
+    for flag, metavar, text in reversed(_SCALAR_FLAGS + _SECURITY_FLAGS):
         command = click.option(f"--{flag}", default=None, metavar=metavar, help=text)(command)
     return command
 
