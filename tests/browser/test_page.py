@@ -426,3 +426,26 @@ def test_no_request_leaves_the_server(page: Page, server: ServerProcess) -> None
     page.on("request", lambda request: origins.add(re.sub(r"^(\w+://[^/]+).*", r"\1", request.url)))
     open_page(page, server.base_url)
     assert origins <= {server.base_url, server.ws_url.rsplit("/ws/", 1)[0]}, origins
+
+
+def test_a_token_in_the_link_signs_the_page_in(page: Page, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    token = "page-token-0123456789abcdef"
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        f'[[tokens]]\ntoken = "{token}"\nowner = "alice"\nprojects = "*"\n', encoding="utf-8"
+    )
+    with start_server("--auth", "token", "--tokens-file", str(tokens)) as server:
+        page.goto(f"{server.base_url}/#token={token}")
+        wait_state(page, "connected")
+        wait_prompt(page)
+        type_into(page, "echo signed-in-$((2 * 21))\n")
+        wait_text(page, "signed-in-42")
+        assert "token" not in page.url, "the credential is removed from the address bar"
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+        assert cookies.get("tether_token") == token
+        request = urllib.request.Request(
+            f"{server.base_url}/stats/sessions", headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            owners = {s["owner"] for s in json.load(response)["sessions"]}
+        assert owners == {"alice"}

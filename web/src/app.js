@@ -193,7 +193,22 @@ function fillProjectPicker(projects) {
   if (projects.some((project) => project.id === wanted)) elements.project.value = wanted;
 }
 
+// Where authentication is on, a link may carry the credential in its fragment
+// (`/#token=…`): it becomes the `tether_token` cookie that every request and WebSocket of this
+// origin then sends, and is removed from the address bar. Fragments never reach a server log.
+function adoptTokenFromFragment() {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get('token');
+  if (!token) return;
+  const secure = location.protocol === 'https:' ? '; Secure' : '';
+  document.cookie = `tether_token=${encodeURIComponent(token)}; Path=/; SameSite=Strict${secure}`;
+  fragment.delete('token');
+  const rest = fragment.toString();
+  history.replaceState(null, '', location.pathname + location.search + (rest ? `#${rest}` : ''));
+}
+
 async function start() {
+  adoptTokenFromFragment();
   document.documentElement.dataset.theme = page.theme;
   fillShortcutList();
   page.projects = await loadProjects();
