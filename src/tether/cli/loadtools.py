@@ -1,0 +1,236 @@
+"""``tether load`` and ``tether stress``: live progress (rich), a final report, exit 1 on FAIL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from tether.cli._group import cli
+from tether.client import websocket_url
+from tether.load import LoadOptions, LoadProgress, run_load, write_plot
+from tether.loadkit import Verdict
+from tether.stress import StressOptions, StressProgress, run_stress
+
+
+class CommandFailed(click.ClickException):
+    """Exit status 1 after the command has printed its own explanation."""
+
+    exit_code = 1
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def show(self, file: Any = None) -> None:
+        """The report already says why."""
+
+
+def _check_url(url: str | None) -> None:
+    if url is not None:
+        try:
+            websocket_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--url") from None
+
+
+def _url_option(command: Any) -> Any:
+    return click.option(
+        "--url",
+        default=None,
+        metavar="URL",
+        help="server: ws://host:port/ws/terminal, ws://host:port or http://host:port "
+        "(default: start an embedded server for the run)",
+    )(command)
+
+
+def _progress_table(title: str, rows: Iterable[tuple[str, str]]) -> Table:
+    table = Table(title=title, show_header=False, box=None)
+    table.add_column(style="dim")
+    table.add_column()
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _load_rows(progress: LoadProgress) -> list[tuple[str, str]]:
+    return [
+        ("phase", progress.phase),
+        ("elapsed / remaining", f"{progress.elapsed:.0f} s / {progress.remaining:.0f} s"),
+        ("users up / connected", f"{progress.users} / {progress.connected}"),
+        ("reconnects", str(progress.reconnects)),
+        ("lines verified", str(progress.lines)),
+        ("keystrokes/s", f"{progress.keys_per_second:.0f}"),
+        ("errors", f"[red]{progress.errors}[/]" if progress.errors else "0"),
+    ]
+
+
+def _stress_rows(progress: StressProgress) -> list[tuple[str, str]]:
+    return [
+        ("phase", progress.phase),
+        ("elapsed", f"{progress.elapsed:.0f} s"),
+        ("iterations", f"{progress.iterations} / {progress.total}"),
+        ("storm refusals (4129)", str(progress.storm_refusals)),
+        ("errors", f"[red]{progress.errors}[/]" if progress.errors else "0"),
+    ]
+
+
+def _verdict_table(verdicts: list[Verdict], strict: bool) -> Table:
+    table = Table(title="targets")
+    for column in ("target", "kind", "goal", "measured", "result"):
+        table.add_column(column)
+    for v in verdicts:
+        counted = strict or v.kind != "tether"
+        mark = "[green]PASS[/]" if v.passed else ("[red]FAIL[/]" if counted else "[yellow]miss[/]")
+        table.add_row(v.name, v.kind, v.target, v.measured, mark)
+    return table
+
+
+def _latency_table(latency: dict[str, dict[str, float]]) -> Table:
+    table = Table(title="latency (ms)")
+    for column in ("what", "count", "p50", "p95", "p99", "max"):
+        table.add_column(column, justify="right")
+    for name, figures in latency.items():
+        cells = [str(figures.get(k, "-")) for k in ("count", "p50", "p95", "p99", "max")]
+        table.add_row(name, *cells)
+    return table
+
+
+def _print_report(report: dict[str, Any], verdicts: list[Verdict], strict: bool) -> None:
+    console = Console()
+    figures = report["figures"]
+    if "latency_ms" in figures:
+        console.print(_latency_table(figures["latency_ms"]))
+    skip = {"latency_ms", "latencies_s", "server", "checks"}
+    summary = {k: v for k, v in figures.items() if k not in skip}
+    console.print_json(json.dumps(summary))
+    for line in report["errors"][:20]:
+        console.print(f"[red]error:[/] {line}")
+    console.print(_verdict_table(verdicts, strict))
+    verdict = "[bold green]PASS" if report["passed"] else "[bold red]FAIL"
+    console.print(f"{verdict}[/] — {report['tool']} against {report['url']}")
+
+
+def _run_live(title: str, rows: Callable[[Any], list[tuple[str, str]]], work: Any) -> Any:
+    console = Console(stderr=True)
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+
+        def show(progress: Any) -> None:
+            live.update(_progress_table(title, rows(progress)))
+
+        return asyncio.run(work(show))
+
+
+def _finish(report: Any, json_file: str | None, plot_file: str | None, strict: bool) -> None:
+    data = report.to_json()
+    if report.error:
+        Console(stderr=True).print(f"[bold red]tether {data['tool']}: {report.error}")
+    else:
+        _print_report(data, report.verdicts, strict)
+    if json_file:
+        with open(json_file, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+    if plot_file and not report.error:
+        write_plot(data, plot_file)
+    if not report.passed:
+        raise CommandFailed()
+
+
+@cli.command("load")
+@_url_option
+@click.option("--project", default=None, help="project id (default: the server's first)")
+@click.option("--connections", type=click.IntRange(1, 5000), default=100, show_default=True)
+@click.option("--duration", type=click.FloatRange(1, 3600), default=300.0, show_default=True)
+@click.option("--ramp-up", type=click.FloatRange(0, 600), default=None, help="seconds to start all")
+@click.option(
+    "--reconnect-every",
+    type=click.FloatRange(0, 3600),
+    default=30.0,
+    show_default=True,
+    help="mean seconds between cuts of each user (0: never)",
+)
+@click.option("--json", "json_file", default=None, metavar="FILE", help="write all figures")
+@click.option("--plot", "plot_file", default=None, metavar="FILE", help="write a PNG")
+@click.option("--seed", type=int, default=None, help="random seed")
+@click.option("--strict", is_flag=True, help="also fail on tether's own targets")
+@click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
+def load(
+    url: str | None,
+    project: str | None,
+    connections: int,
+    duration: float,
+    ramp_up: float | None,
+    reconnect_every: float,
+    json_file: str | None,
+    plot_file: str | None,
+    seed: int | None,
+    strict: bool,
+    token: str | None,
+) -> None:
+    """Simulate users typing into their own sessions, cut and resumed; verify every byte."""
+    _check_url(url)
+    options = LoadOptions(
+        url=url,
+        project=project,
+        connections=connections,
+        duration=duration,
+        ramp_up=ramp_up,
+        reconnect_every=reconnect_every,
+        seed=seed,
+        token=token,
+    )
+    report = _run_live(
+        f"tether load — {connections} users × {duration:g} s",
+        _load_rows,
+        lambda show: run_load(options, show, strict=strict),
+    )
+    _finish(report, json_file, plot_file, strict)
+
+
+@cli.command("stress")
+@_url_option
+@click.option("--project", default=None, help="project id (default: the server's first)")
+@click.option(
+    "--rapid-reconnect",
+    is_flag=True,
+    default=True,
+    help="connect/disconnect cycles (the only mode; accepted for the plan's command line)",
+)
+@click.option("--iterations", type=click.IntRange(10, 100000), default=1000, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "json_file", default=None, metavar="FILE", help="write all figures")
+@click.option("--seed", type=int, default=None, help="random seed")
+@click.option("--strict", is_flag=True, help="also fail on tether's own targets")
+@click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
+def stress(
+    url: str | None,
+    project: str | None,
+    rapid_reconnect: bool,
+    iterations: int,
+    concurrency: int,
+    json_file: str | None,
+    seed: int | None,
+    strict: bool,
+    token: str | None,
+) -> None:
+    """Rapid reconnects, concurrent creates, aborts mid-replay, storms; check for leaks."""
+    _check_url(url)
+    options = StressOptions(
+        url=url,
+        project=project,
+        iterations=iterations,
+        concurrency=concurrency,
+        seed=seed,
+        token=token,
+    )
+    report = _run_live(
+        f"tether stress — {iterations} iterations",
+        _stress_rows,
+        lambda show: run_stress(options, show, strict=strict),
+    )
+    _finish(report, json_file, None, strict)

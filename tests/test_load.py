@@ -1,0 +1,83 @@
+"""tether load: a short real run through the CLI and the module API; correctness, never timing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from tether.cli import main
+from tether.load import LoadOptions, run_load
+from tether.loadkit import EmbeddedServer
+
+
+def test_load_cli_short_run_is_exact(tmp_path: Path) -> None:
+    report_file = tmp_path / "load.json"
+    argv = ["load", "--connections", "20", "--duration", "10", "--ramp-up", "2"]
+    argv += ["--reconnect-every", "2", "--seed", "7", "--json", str(report_file)]
+    status = main(argv)
+    report = json.loads(report_file.read_text())
+    figures = report["figures"]
+    assert figures["users_exact"] == 20, report["errors"]
+    assert figures["users_failed"] == 0
+    assert figures["clean_exits"] == 20
+    assert figures["reconnect_attempts"] > 20  # every user was cut at least once or so
+    assert figures["reconnect_successes"] == figures["reconnect_attempts"]
+    assert figures["latency_ms"]["echo"]["count"] > 0
+    correctness = [v for v in report["verdicts"] if v["kind"] == "correctness"]
+    assert correctness and all(v["passed"] for v in correctness)
+    # The plot is drawn in a child process: matplotlib keeps font files open for good.
+    plot_file = tmp_path / "load.png"
+    code = "import json, sys; from tether.load import write_plot; "
+    code += "write_plot(json.load(open(sys.argv[1])), sys.argv[2])"
+    command = [sys.executable, "-c", code, str(report_file), str(plot_file)]
+    subprocess.run(command, check=True, timeout=120)
+    assert plot_file.read_bytes().startswith(b"\x89PNG")
+    # Timing may miss on a busy machine; the exit status follows the verdicts.
+    assert status == (0 if report["passed"] else 1)
+
+
+async def test_load_api_against_a_given_url_without_cuts() -> None:
+    async with EmbeddedServer() as server:
+        options = LoadOptions(
+            url=server.base_url.replace("http://", "ws://") + "/ws/terminal",
+            connections=3,
+            duration=2,
+            ramp_up=0,
+            reconnect_every=0,
+            think=(0.0, 0.1),
+        )
+        report = await run_load(options)
+    assert report.error is None
+    assert report.project == "default"
+    assert report.figures["users_exact"] == 3
+    assert report.figures["reconnect_attempts"] == 0
+    assert report.figures["memory"]["measured_locally"]
+
+
+async def test_load_reports_an_unreachable_server() -> None:
+    report = await run_load(LoadOptions(url="http://127.0.0.1:9", connections=1, duration=1))
+    assert report.error is not None and "cannot reach" in report.error
+    assert not report.passed
+
+
+def test_load_cli_rejects_a_bad_url() -> None:
+    assert main(["load", "--url", "ftp://x", "--duration", "1"]) == 2
+
+
+async def test_load_with_a_token_against_a_server_with_auth(tmp_path: Path) -> None:
+    token = "load-test-token-0123456789abcdef"
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(
+        f'[[tokens]]\ntoken = "{token}"\nowner = "loader"\nprojects = "*"\noperator = true\n'
+    )
+    args = ("--auth", "token", "--tokens-file", str(tokens))
+    async with EmbeddedServer(*args) as server:
+        options = LoadOptions(url=server.base_url, connections=2, duration=2, ramp_up=0)
+        refused = await run_load(options)
+        assert refused.error is not None  # /api/projects needs the credential
+        report = await run_load(replace(options, token=token))
+    assert report.error is None, report.errors
+    assert report.figures["users_exact"] == 2

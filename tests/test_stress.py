@@ -1,0 +1,36 @@
+"""tether stress: a short real run through the CLI; correctness (no leak, no duplicate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tether.cli import main
+from tether.stress import StressOptions, run_stress
+
+
+def test_stress_cli_short_run(tmp_path: Path) -> None:
+    report_file = tmp_path / "stress.json"
+    argv = ["stress", "--rapid-reconnect", "--iterations", "200", "--concurrency", "10"]
+    status = main([*argv, "--seed", "3", "--json", str(report_file)])
+    report = json.loads(report_file.read_text())
+    figures, checks = report["figures"], report["figures"]["checks"]
+    assert report["errors"] == []
+    assert checks["same_key"]["users_failed"] == 0
+    assert (
+        checks["concurrent_create"]["rounds"]
+        == checks["concurrent_create"]["rounds_with_one_shell"]
+    )
+    assert checks["storm"]["as_configured"], checks["storm"]
+    assert checks["bystanders"]["unaffected"] == checks["bystanders"]["users"]
+    assert figures["replays_exact"] == figures["plan"]["abort-replay"]
+    before, after = figures["server_before"], figures["server_after"]
+    assert (after["shells"], after["fds"]) == (before["shells"], before["fds"])
+    correctness = [v for v in report["verdicts"] if v["kind"] == "correctness"]
+    assert all(v["passed"] for v in correctness), correctness
+    assert status == (0 if report["passed"] else 1)
+
+
+async def test_stress_reports_an_unreachable_server() -> None:
+    report = await run_stress(StressOptions(url="ws://127.0.0.1:9/ws/terminal", iterations=10))
+    assert report.error is not None and not report.passed
