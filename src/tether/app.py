@@ -26,7 +26,7 @@ from tether.store import SessionStore
 from tether.ws import handle_terminal
 
 STATIC_DIR = Path(str(resources.files("tether").joinpath("web/static")))
-REAPER_KEY = web.AppKey("reaper", asyncio.Task)
+BACKGROUND_KEY = web.AppKey("background", list)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -115,14 +115,18 @@ def create_app(settings: Settings, store: SessionStore | None = None) -> web.App
 async def _start_background(app: web.Application) -> None:
     server: Server = app[SERVER_KEY]
     pty.become_subreaper()
-    app[REAPER_KEY] = asyncio.create_task(_reaper(server))
+    app[BACKGROUND_KEY] = [
+        asyncio.create_task(_reaper(server)),
+        asyncio.create_task(server.heartbeat()),
+    ]
 
 
 async def _stop(app: web.Application) -> None:
     server: Server = app[SERVER_KEY]
-    app[REAPER_KEY].cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await app[REAPER_KEY]
+    for task in app[BACKGROUND_KEY]:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await server.shutdown()
 
 
@@ -168,7 +172,9 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
         settings.log_max_bytes,
         settings.log_backups,
         stderr=settings.log_stderr_level != "off",
-        stderr_level=settings.log_stderr_level,
+        # With a log file, stderr carries warnings and errors only: formatting every event
+        # twice cost a third of a re-attach's CPU (docs/benchmarks.md).
+        stderr_level=settings.log_stderr_level or ("warning" if settings.log_file else None),
     )
     redact = RedactParserErrors()
     _AIOHTTP_SERVER_LOGGER.addFilter(redact)

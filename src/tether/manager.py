@@ -76,6 +76,7 @@ class SessionManager:
         self.start_failures = StartFailureBreaker()
         self.accepting = True
         self._ending: set[Session] = set()
+        self._trim_handle: asyncio.TimerHandle | None = None
         self._clock = clock
         self._wall = wall_clock
         self._listener = listener or (lambda event, **fields: None)
@@ -277,7 +278,19 @@ class SessionManager:
         # Remember it until its processes are gone, so that shutdown can wait for them.
         self._ending.add(session)
         task = asyncio.ensure_future(session.terminated.wait())
-        task.add_done_callback(lambda _: self._ending.discard(session))
+        task.add_done_callback(lambda _: self._forget_ended(session))
+
+    def _forget_ended(self, session: Session) -> None:
+        self._ending.discard(session)
+        # Ended sessions free their rings and buffers, but glibc keeps the pages: hand them
+        # back, at most once a second (a storm of endings costs one trim).
+        if self._trim_handle is None:
+            loop = asyncio.get_running_loop()
+            self._trim_handle = loop.call_later(1.0, self._release_memory)
+
+    def _release_memory(self) -> None:
+        self._trim_handle = None
+        pty.release_free_memory()
 
     def kill(self, key: str) -> bool:
         """End a session on an operator's word: its clients get 4013."""
@@ -343,6 +356,9 @@ class SessionManager:
         ending = list(self._ending)
         if ending:
             await asyncio.gather(*(s.terminated.wait() for s in ending))
+        if self._trim_handle is not None:
+            self._trim_handle.cancel()
+            self._trim_handle = None
 
     def _emit(self, event: str, **fields: Any) -> None:
         self._listener(event, **fields)

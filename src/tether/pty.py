@@ -166,6 +166,11 @@ def is_zombie_or_gone(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
 
 
+def exists(pid: int) -> bool:
+    """True while ``pid`` has a /proc entry (running, or a zombie not yet reaped)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
 def signal_session(sid: int, signals: Sequence[int]) -> list[int]:
     """Send each of ``signals`` to every process of terminal session ``sid``; returns the PIDs."""
     members = session_members(sid)
@@ -181,6 +186,12 @@ def reap(pids: Sequence[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the system (glibc keeps it otherwise)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def become_subreaper() -> bool:

@@ -18,7 +18,7 @@ Evicted = Callable[[bytes], None]
 BytesLike = bytes | bytearray | memoryview
 
 # Smallest allocation: below this, growing by doubling would mean many tiny reallocations.
-_MIN_ALLOCATION = 4096
+_MIN_ALLOCATION = 256  # an idle shell prints a prompt: keep idle sessions small
 
 
 class RingBuffer:

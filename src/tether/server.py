@@ -279,6 +279,13 @@ class Server:
             "ready": self.manager.accepting,
         }
 
+    async def heartbeat(self) -> None:
+        """One timer for every connection (not a task each): ping, or drop the silent ones."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat)
+            for connection in list(self.connections):
+                connection.heartbeat_tick()
+
     # ------------------------------------------------------------------ drain
     async def drain(self) -> None:
         """Stop accepting, tell every client 1001, end the shells after the drain grace."""

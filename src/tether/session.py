@@ -434,26 +434,43 @@ class Session:
 
     async def _end_processes(self, kill_grace: float) -> None:
         sid = self.process.pid
+        everyone: set[int] = {sid}
         try:
-            members = pty.signal_session(sid, (signal.SIGHUP, signal.SIGCONT))
-            deadline = self._loop.time() + kill_grace
-            while members and self._loop.time() < deadline:
-                pty.reap(members)
-                members = [
-                    pid for pid in pty.session_members(sid) if not pty.is_zombie_or_gone(pid)
-                ]
-                if members:
-                    await asyncio.sleep(0.02)
-            if members:
-                pty.signal_session(sid, (signal.SIGKILL,))
-            for _ in range(100):
-                pty.reap([sid, *pty.session_members(sid)])
-                if not pty.session_members(sid):
-                    break
-                await asyncio.sleep(0.01)
+            # Scanning /proc is slow with thousands of processes: do it in a thread, twice at
+            # most (signal, then SIGKILL whatever is left); in between watch only what it found.
+            found = await asyncio.to_thread(
+                pty.signal_session, sid, (signal.SIGHUP, signal.SIGCONT)
+            )
+            everyone.update(found)
+            if await self._still_running(found, kill_grace):
+                found = await asyncio.to_thread(pty.signal_session, sid, (signal.SIGKILL,))
+                everyone.update(found)
+                await self._still_running(found, 2.0)
+            await self._reap_all(everyone)
         finally:
             self.process.close_fds()
             self.terminated.set()
+
+    async def _still_running(self, pids: list[int], timeout: float) -> list[int]:
+        """Wait up to ``timeout`` for ``pids`` to end; returns those still running."""
+        deadline = self._loop.time() + timeout
+        running = list(pids)
+        while running:
+            pty.reap(running)
+            running = [pid for pid in running if not pty.is_zombie_or_gone(pid)]
+            if not running or self._loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.02)
+        return running
+
+    async def _reap_all(self, pids: set[int]) -> None:
+        # The server is a child subreaper, so orphaned jobs are its children: collect them.
+        for _ in range(50):
+            pty.reap(list(pids))
+            pids = {pid for pid in pids if pty.exists(pid)}
+            if not pids:
+                return
+            await asyncio.sleep(0.01)
 
     # ----------------------------------------------------------------- facts
     @property

@@ -3,7 +3,8 @@
 It implements the session's :class:`~tether.session.ClientSink`: a sender task streams the ring
 from the client's position (awaiting the socket's drain, which is what slows a fast program
 while this client lags), a receive loop writes input and answers control messages, and a
-heartbeat task drops a peer that leaves two pings unanswered.
+server's heartbeat calls :meth:`TerminalConnection.heartbeat_tick`, which drops a peer that
+leaves two pings unanswered.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class TerminalConnection:
         self._unanswered_pings = 0
         self._acked_sent = 0
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._ping_task: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- ClientSink
     def wake(self) -> None:
@@ -88,11 +90,9 @@ class TerminalConnection:
         self.session, self.client = connection.session, connection.attach.client
         self.server.on_admitted(connection, self, time.perf_counter() - started)
         sender = asyncio.create_task(self._send_loop(connection))
-        heartbeat = asyncio.create_task(self._heartbeat())
         try:
             await self._receive_loop()
         finally:
-            heartbeat.cancel()
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
             self.session.detach(self.client)
@@ -209,26 +209,25 @@ class TerminalConnection:
         elif isinstance(message, MessageError):
             self.send_message(message.to_wire())
 
-    async def _heartbeat(self) -> None:
-        interval = self.server.settings.heartbeat
-        while True:
-            await asyncio.sleep(interval)
-            if self._unanswered_pings >= 2:
-                self.server.log(
-                    "drop",
-                    key=self.session.info.key if self.session else None,
-                    addr=self.address,
-                    reason="two pings unanswered",
-                )
-                transport = self.request.transport
-                if transport is not None:
-                    transport.abort()
-                return
-            self._unanswered_pings += 1
-            try:
-                await self.ws.ping()
-            except (ConnectionError, RuntimeError):
-                return
+    def heartbeat_tick(self) -> None:
+        """Called by the server every heartbeat: drop a peer that left two pings unanswered
+        (the session stays, detached), else send the next ping."""
+        if self.session is None or self._closing is not None:
+            return
+        if self._unanswered_pings >= 2:
+            self.server.log(
+                "drop", key=self.session.info.key, addr=self.address, reason="two pings unanswered"
+            )
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+            return
+        self._unanswered_pings += 1
+        self._ping_task = asyncio.ensure_future(self._ping())
+
+    async def _ping(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.ping()
 
 
 async def handle_terminal(request: web.Request) -> web.WebSocketResponse:

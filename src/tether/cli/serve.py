@@ -28,7 +28,7 @@ _SCALAR_FLAGS = (
     ("max-sessions", "N", "sessions this server holds at most, then 1013 (default 2000)"),
     ("log-file", "PATH", "JSON lifecycle log, '-' for none (default logs/terminal-websocket.log)"),
     ("log-level", "LEVEL", "debug, info, warning or error (default info)"),
-    ("log-stderr-level", "LEVEL", "level of the human log on stderr, or off (default: log-level)"),
+    ("log-stderr-level", "LEVEL", "human log on stderr, or off (default: warning with a log file)"),
     ("drain-grace", "SECONDS", "after SIGTERM or POST /api/drain, end shells after (default 5)"),
     ("tombstone-ttl", "SECONDS", "how long an ended session's reason is kept (default 300)"),
 )
