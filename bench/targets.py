@@ -1,6 +1,6 @@
 """The three things the bench measures, behind one interface.
 
-- ``tether``: ``python -m tether serve`` (tether.loadkit.EmbeddedServer), protocol tether.v1.
+- ``tether``: ``python -m tether serve`` (tether.embedded.EmbeddedServer), protocol tether.v1.
 - ``terminado``: bench/terminado_server.py (tornado + terminado's NamedTermManager) in a subprocess,
   with the same shell and a temporary HOME; JSON ``["stdin", …]`` / ``["stdout", …]`` frames.
 - ``pty``: the floor — the bench process itself spawns the shell on a PTY and reads the master fd
@@ -28,7 +28,7 @@ import psutil
 
 from tether import pty
 from tether.client import websocket_url
-from tether.loadkit import SHELL, EmbeddedServer
+from tether.embedded import SHELL, EmbeddedServer
 from tether.loaduser import Refused, Wire, new_http, session_id
 
 HERE = Path(__file__).resolve().parent

@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tether.cli import main
+from tether.embedded import EmbeddedServer
 from tether.load import LoadOptions, run_load
-from tether.loadkit import EmbeddedServer
 
 
 def test_load_cli_short_run_is_exact(tmp_path: Path) -> None:

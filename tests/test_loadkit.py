@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from tether.embedded import EmbeddedServer
 from tether.loadkit import (
-    EmbeddedServer,
     KeyPacer,
     Recorder,
     ServerProbe,

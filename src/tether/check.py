@@ -14,14 +14,9 @@ A server that cannot be reached fails every scenario with a message saying so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tether.check_breaker import circuit_breaker_scenario
@@ -33,6 +28,7 @@ from tether.check_scenarios import (
     session_reuse_scenario,
 )
 from tether.client import fetch_projects, http_url, websocket_url
+from tether.embedded import EmbeddedServer
 from tether.errors import ClientError, ConnectFailed
 
 Scenario = Callable[[Context, Outcome], Awaitable[None]]
@@ -44,7 +40,6 @@ SCENARIOS: dict[str, Scenario] = {
     "performance": performance_scenario,
 }
 SCENARIO_TIMEOUT = 300.0
-EMBEDDED_READY_TIMEOUT = 30.0
 
 __all__ = ["SCENARIOS", "CheckReport", "EmbeddedServer", "ScenarioResult", "run_check"]
 
@@ -143,91 +138,3 @@ async def run_scenario(name: str, ctx: Context) -> ScenarioResult:
     except Exception as exc:  # a check reports, it does not crash
         outcome.failures.append(f"unexpected {type(exc).__name__}: {exc}")
     return outcome.result(time.monotonic() - started)
-
-
-class EmbeddedServer:
-    """``python -m tether serve`` on a free loopback port, with a temporary project directory."""
-
-    def __init__(self, *extra_args: str) -> None:
-        self.extra_args = extra_args
-        self.base_url = ""
-        self._workdir: Path | None = None
-        self._process: asyncio.subprocess.Process | None = None
-        self._pump: asyncio.Task[None] | None = None
-        self.output: list[str] = []
-
-    async def __aenter__(self) -> EmbeddedServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    def _command(self, workdir: Path) -> list[str]:
-        shell = "bash --norc --noprofile" if shutil.which("bash") else "/bin/sh"
-        project = workdir / "project"
-        project.mkdir()
-        return [
-            sys.executable,
-            "-m",
-            "tether",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--project",
-            f"default={project}",
-            "--shell",
-            shell,
-            "--log-file",
-            str(workdir / "server.log"),
-            *self.extra_args,
-        ]
-
-    async def start(self) -> None:
-        """Start the server and wait for its ``tether listening on URL`` line."""
-        self._workdir = Path(tempfile.mkdtemp(prefix="tether-check-"))
-        self._process = await asyncio.create_subprocess_exec(
-            *self._command(self._workdir),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        try:
-            async with asyncio.timeout(EMBEDDED_READY_TIMEOUT):
-                self.base_url = await self._wait_ready()
-        except (TimeoutError, ConnectFailed):
-            await self.stop()
-            detail = "".join(self.output)[-500:]
-            raise ConnectFailed(f"the embedded server did not start: {detail}") from None
-        self._pump = asyncio.create_task(self._drain())
-
-    async def _wait_ready(self) -> str:
-        assert self._process is not None and self._process.stdout is not None
-        while line := (await self._process.stdout.readline()).decode(errors="replace"):
-            self.output.append(line)
-            if line.startswith("tether listening on "):
-                return line.removeprefix("tether listening on ").strip()
-        raise ConnectFailed("the embedded server exited")
-
-    async def _drain(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        while line := await self._process.stdout.readline():
-            self.output.append(line.decode(errors="replace"))
-
-    async def stop(self) -> None:
-        """SIGTERM, wait (SIGKILL after 15 s), and remove the temporary directory."""
-        process, self._process = self._process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._pump is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pump, 5)
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tether.codes import CloseCode
-from tether.loadkit import EmbeddedServer, Recorder, ServerProbe, ToolReport, Verdict, first_project
+from tether.embedded import EmbeddedServer
+from tether.loadkit import Recorder, ServerProbe, ToolReport, Verdict, first_project
 from tether.loaduser import TypingUser, UserFailed, new_http
 
 MIB = 2**20

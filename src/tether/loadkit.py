@@ -5,23 +5,17 @@
 - The client side (a lean connection, the verified typing user) is :mod:`tether.loaduser`.
 - :class:`ServerProbe`: the server's CPU, RSS, fds and shells, from ``/proc`` when local, else from
   ``GET /stats/sessions``.
-- :class:`EmbeddedServer`: ``python -m tether serve`` on a free loopback port (a temp HOME and
-  project, ``bash --norc --noprofile``), stopped at the end.
+- The embedded server the tools start when given no URL is :mod:`tether.embedded`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -30,7 +24,6 @@ import psutil
 
 from tether.client import fetch_json, fetch_projects, http_url
 
-SHELL = "bash --norc --noprofile"
 LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -255,90 +248,6 @@ def _is_live(process: psutil.Process) -> bool:
         return bool(process.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
-
-
-# ------------------------------------------------------------------------ the embedded server
-class EmbeddedServer:
-    """``python -m tether serve`` on a free loopback port with a temporary HOME and project."""
-
-    def __init__(self, *extra_args: str) -> None:
-        self.extra_args = extra_args
-        self.base_url = ""
-        self.process: asyncio.subprocess.Process | None = None
-        self.workdir = Path(tempfile.mkdtemp(prefix="tether-load-"))
-        self.output: deque[str] = deque(maxlen=200)
-        self._pump: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> EmbeddedServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    def command(self) -> list[str]:
-        project = self.workdir / "project"
-        project.mkdir(exist_ok=True)
-        return [
-            sys.executable, "-m", "tether", "serve",
-            "--host", "127.0.0.1", "--port", "0",
-            "--project", f"default={project}",
-            "--shell", SHELL,
-            "--log-file", str(self.workdir / "server.log"),
-            *self.extra_args,
-        ]  # fmt: skip
-
-    def environment(self) -> dict[str, str]:
-        home = self.workdir / "home"
-        home.mkdir(exist_ok=True)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
-        return env | {"LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
-
-    async def start(self, timeout: float = 30) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *self.command(),
-            env=self.environment(),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert self.process.stdout is not None
-        try:
-            async with asyncio.timeout(timeout):
-                while line := (await self.process.stdout.readline()).decode(errors="replace"):
-                    self.output.append(line)
-                    if line.startswith("tether listening on "):
-                        self.base_url = line.removeprefix("tether listening on ").strip()
-                        break
-        except TimeoutError:
-            pass
-        if not self.base_url:
-            await self.stop()
-            raise RuntimeError("the embedded server did not start: " + "".join(self.output))
-        self._pump = asyncio.create_task(self._drain(self.process.stdout))
-
-    async def _drain(self, stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            self.output.append(line.decode(errors="replace"))
-
-    async def stop(self) -> None:
-        """SIGTERM, wait (SIGKILL after 20 s), remove the temporary directory."""
-        process, self.process = self.process, None
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._pump is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._pump, 5)
-        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def first_project(url: str, token: str | None = None) -> str:

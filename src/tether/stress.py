@@ -41,8 +41,8 @@ import aiohttp
 
 from tether.client import fetch_json, websocket_url
 from tether.codes import CloseCode, retry_after_seconds
+from tether.embedded import EmbeddedServer
 from tether.loadkit import (
-    EmbeddedServer,
     KeyPacer,
     ProcessSample,
     Recorder,
