@@ -26,7 +26,7 @@ async def _processes_of(conn) -> list[int]:
     text = strip_ansi(bytes(conn.output))
     sid = int(text.rsplit("SID=", 1)[1].split()[0])
     await asyncio.sleep(0.2)
-    members = pty.session_members(sid)
+    members = pty.scan_all_processes(sid)
     assert len(members) >= 3, members
     return members
 
