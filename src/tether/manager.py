@@ -277,8 +277,8 @@ class SessionManager:
         session.end(reason, self.settings.kill_grace, status)
         # Remember it until its processes are gone, so that shutdown can wait for them.
         self._ending.add(session)
-        task = asyncio.ensure_future(session.terminated.wait())
-        task.add_done_callback(lambda _: self._forget_ended(session))
+        if session.ending is not None:
+            session.ending.add_done_callback(lambda _: self._forget_ended(session))
 
     def _forget_ended(self, session: Session) -> None:
         self._ending.discard(session)

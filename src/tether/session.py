@@ -123,6 +123,7 @@ class Session:
         self.detached_since: float = clock()
         self.input_bytes = 0
         self.terminated = asyncio.Event()
+        self.ending: asyncio.Task[None] | None = None  # ends the processes; held so it runs out
         self._clock = clock
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
@@ -430,7 +431,7 @@ class Session:
             else:
                 client.active = False
                 client.sink.close(reason.code, reason.reason)
-        self._loop.create_task(self._end_processes(kill_grace))
+        self.ending = self._loop.create_task(self._end_processes(kill_grace))
 
     async def _end_processes(self, kill_grace: float) -> None:
         sid = self.process.pid

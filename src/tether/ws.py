@@ -166,8 +166,8 @@ class TerminalConnection:
 
     # ---------------------------------------------------------------- receiving
     async def _receive_loop(self) -> None:
-        assert self.session is not None and self.client is not None
-        session, client = self.session, self.client
+        assert self.client is not None
+        client = self.client
         async for message in self.ws:
             if not client.active:
                 continue  # replaced or ended: frames still arriving are ignored
@@ -181,7 +181,6 @@ class TerminalConnection:
                 self._unanswered_pings = 0
             if self._closing is not None:
                 break
-        del session
 
     async def _write_input(self, data: bytes) -> None:
         assert self.session is not None and self.client is not None
