@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,39 @@ class HumanFormatter(logging.Formatter):
         return f"{stamp} {record.levelname.lower():7} {record.getMessage()} {pairs}".rstrip()
 
 
+class JsonLogFile(logging.handlers.RotatingFileHandler):
+    """:class:`~logging.handlers.RotatingFileHandler` made cheap enough for every connection.
+
+    The standard one formats each record twice (once to decide on rollover) and stats the path
+    twice per record; this one formats once and counts the bytes it wrote (the lines are ASCII:
+    ``json.dumps`` escapes everything else). Every line is flushed, so the file is current.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self._size = self._current_size()
+
+    def _current_size(self) -> int:
+        try:
+            return os.stat(self.baseFilename).st_size
+        except OSError:
+            return 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self.maxBytes > 0 and self._size + len(line) >= self.maxBytes and self._size > 0:
+                self.doRollover()
+                self._size = self._current_size()
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(line)
+            self.stream.flush()
+            self._size += len(line)
+        except Exception:
+            self.handleError(record)
+
+
 def configure(
     log_file: Path | None,
     level: str,
@@ -56,10 +90,9 @@ def configure(
 ) -> list[logging.Handler]:
     """Set up the lifecycle logger; returns the handlers it added (to close at shutdown).
 
-    ``log_file`` (None: no file) gets JSON lines at ``level`` and rotates by size through the
-    standard library's :class:`~logging.handlers.RotatingFileHandler` (``max_bytes`` per file,
-    ``backups`` old files kept). stderr gets human-readable lines at ``stderr_level`` (default:
-    ``level``).
+    ``log_file`` (None: no file) gets JSON lines at ``level`` and rotates by size
+    (:class:`JsonLogFile`: ``max_bytes`` per file, ``backups`` old files kept). stderr gets
+    human-readable lines at ``stderr_level`` (default: ``level``).
     """
     logger = logging.getLogger(LIFECYCLE_LOGGER)
     levels = [level] + ([stderr_level or level] if stderr else [])
@@ -68,9 +101,7 @@ def configure(
     handlers: list[logging.Handler] = []
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-        )
+        handler: logging.Handler = JsonLogFile(log_file, max_bytes, backups)
         handler.setFormatter(JsonLineFormatter())
         handler.setLevel(_level_number(level))
         handlers.append(handler)
@@ -107,6 +138,13 @@ def log_event(event: str, **fields: Any) -> None:
 
 def log_at(level: int, event: str, **fields: Any) -> None:
     """Write one lifecycle event at ``level`` (a :mod:`logging` level number)."""
-    logger = logging.getLogger(LIFECYCLE_LOGGER)
-    if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"fields": fields})
+    if _LOGGER.isEnabledFor(level):
+        # A record made here, not by Logger.log: that would walk the stack for the caller's
+        # file and line, which no handler of ours prints.
+        record = _LOGGER.makeRecord(
+            LIFECYCLE_LOGGER, level, "", 0, event, (), None, extra={"fields": fields}
+        )
+        _LOGGER.handle(record)
+
+
+_LOGGER = logging.getLogger(LIFECYCLE_LOGGER)

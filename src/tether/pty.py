@@ -25,6 +25,7 @@ from tether.errors import SpawnError
 READ_CHUNK = 65536
 _SPAWN_LOCK = threading.Lock()
 _subreaper = False  # set by become_subreaper(): orphans of our shells are then our children
+_shells: set[int] = set()  # shells spawned here and not yet reaped (each leads its own session)
 _ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
 
 
@@ -71,9 +72,11 @@ class PtyProcess:
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
+            _shells.discard(self.pid)
             return (None, None)
         if pid == 0:
             return None
+        _shells.discard(self.pid)
         if os.WIFSIGNALED(status):
             return (None, os.WTERMSIG(status))
         return (os.waitstatus_to_exitcode(status), None)
@@ -103,6 +106,7 @@ def spawn(
         raise
     finally:
         os.close(slave)
+    _shells.add(pid)
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
@@ -140,18 +144,23 @@ def _posix_spawn_in(argv: Sequence[str], cwd: str, env: Mapping[str, str], slave
             os.chdir(previous)
 
 
-def session_members(sid: int) -> list[int]:
+def session_members(sid: int) -> list[int] | None:
     """PIDs of every live or zombie process whose session id is ``sid``.
 
-    A process of the terminal's session descends from its shell, or was orphaned and handed to
-    this process (a child subreaper): walk down from those instead of reading all of ``/proc``,
-    which costs milliseconds on a machine with thousands of processes.
+    None when this process is not a child subreaper: then only :func:`scan_all_processes` can
+    tell (slow with thousands of processes: run it in a thread).
+
+    As a subreaper, a process of the terminal's session either descends from its shell or was
+    orphaned and handed to this process: walk down from those. Our other children are the other
+    terminals' shells, each the leader of a session of its own: they are skipped unread, so the
+    walk costs a few reads of ``/proc`` however many terminals there are.
     """
-    if not _subreaper or not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
-        return scan_all_processes(sid)
+    if not _subreaper:
+        return None
+    own = _children_of(os.getpid())
     members: list[int] = []
     seen: set[int] = set()
-    pending = [sid, *_children_of(os.getpid())]
+    pending = [sid, *(child for child in own if child not in _shells)]
     while pending:
         pid = pending.pop()
         if pid in seen:
@@ -209,21 +218,28 @@ def exists(pid: int) -> bool:
     return os.path.exists(f"/proc/{pid}")
 
 
-def signal_session(sid: int, signals: Sequence[int]) -> list[int]:
-    """Send each of ``signals`` to every process of terminal session ``sid``; returns the PIDs."""
-    members = session_members(sid)
-    for pid in members:
+def signal_session(
+    sid: int, signals: Sequence[int], members: Sequence[int] | None = None
+) -> list[int]:
+    """Send each of ``signals`` to every process of terminal session ``sid``; returns the PIDs.
+
+    ``members``: the processes, when the caller has found them (else every entry of /proc is
+    read: slow, call it in a thread).
+    """
+    found = list(members) if members is not None else scan_all_processes(sid)
+    for pid in found:
         for signum in signals:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-    return members
+    return found
 
 
 def reap(pids: Sequence[int]) -> None:
     """Collect the exit status of those ``pids`` that are our children (ignore the others)."""
     for pid in pids:
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                _shells.discard(pid)
 
 
 def release_free_memory() -> None:

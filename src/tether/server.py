@@ -163,32 +163,21 @@ class Server:
         for scope, name in (("key", info.key), ("address", front.address)):
             if activity.breaker_closed(scope, name):
                 self._log_breaker(scope, name, "closed")
-        client_id = connection.attach.client.client_id
-        duration_ms = round(elapsed * 1000, 3)
         self.log(
             "connect",
-            key=info.key,
-            owner=info.owner,
-            addr=front.address,
-            client=client_id,
-            kind=kind,
-            duration_ms=duration_ms,
-        )
-        self.log(
-            "attach",
             key=info.key,
             session=info.session_id,
             project=info.project,
             owner=info.owner,
-            client=client_id,
+            client=connection.attach.client.client_id,
             addr=front.address,
             pid=info.pid,
-            created=connection.created,
+            kind=kind,
             replay_from=hello["replay_from"],
             gap=hello["gap"],
             head=hello["head"],
             clients=len(connection.session.clients),
-            duration_ms=duration_ms,
+            duration_ms=round(elapsed * 1000, 3),
         )
 
     def _close_code(self, connection: Connection, front: TerminalConnection) -> int | None:

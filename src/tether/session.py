@@ -437,20 +437,25 @@ class Session:
         sid = self.process.pid
         everyone: set[int] = {sid}
         try:
-            # Scanning /proc is slow with thousands of processes: do it in a thread, twice at
-            # most (signal, then SIGKILL whatever is left); in between watch only what it found.
-            found = await asyncio.to_thread(
-                pty.signal_session, sid, (signal.SIGHUP, signal.SIGCONT)
-            )
+            found = await self._signal_session(sid, (signal.SIGHUP, signal.SIGCONT))
             everyone.update(found)
             if await self._still_running(found, kill_grace):
-                found = await asyncio.to_thread(pty.signal_session, sid, (signal.SIGKILL,))
+                found = await self._signal_session(sid, (signal.SIGKILL,))
                 everyone.update(found)
                 await self._still_running(found, 2.0)
             await self._reap_all(everyone)
         finally:
             self.process.close_fds()
             self.terminated.set()
+
+    @staticmethod
+    async def _signal_session(sid: int, signals: tuple[int, ...]) -> list[int]:
+        # As a subreaper the server finds the session's processes in a few reads of /proc; else
+        # it must read all of /proc, slow with thousands of processes: in a thread.
+        members = pty.session_members(sid)
+        if members is None:
+            return await asyncio.to_thread(pty.signal_session, sid, signals)
+        return pty.signal_session(sid, signals, members)
 
     async def _still_running(self, pids: list[int], timeout: float) -> list[int]:
         """Wait up to ``timeout`` for ``pids`` to end; returns those still running."""

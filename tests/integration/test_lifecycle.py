@@ -137,13 +137,13 @@ async def test_lifecycle_log_has_one_json_object_per_event(tmp_path) -> None:
         await asyncio.sleep(0.5)
         lines = [json.loads(line) for line in server.log_file.read_text().splitlines()]
     events = [line["event"] for line in lines]
-    for event in ("listen", "create", "attach", "resize", "detach", "kill"):
+    for event in ("listen", "create", "connect", "resize", "detach", "kill"):
         assert event in events, events
     create = next(line for line in lines if line["event"] == "create")
     assert {"ts", "key", "session", "project", "owner", "pid"} <= create.keys()
-    attach = next(line for line in lines if line["event"] == "attach")
-    assert attach["client"] == "log-client-1" and attach["addr"] == "127.0.0.1"
-    assert "duration_ms" in attach
+    connect = next(line for line in lines if line["event"] == "connect")
+    assert connect["client"] == "log-client-1" and connect["addr"] == "127.0.0.1"
+    assert connect["kind"] == "create" and "duration_ms" in connect
     detach = next(line for line in lines if line["event"] == "detach")
     assert detach["code"] == 1000
 
@@ -174,4 +174,22 @@ async def test_drain_stops_accepting_and_says_1001() -> None:
         assert refused.code == 1001
         await asyncio.sleep(0.5)
         assert srv.server.manager.sessions == {}
+        await conn.close()
+
+
+async def test_a_shell_that_exits_takes_its_orphaned_jobs_but_no_other_terminal() -> None:
+    """The served process is a subreaper: jobs orphaned by an exiting shell are found and ended,
+    while the processes of the other terminals (its other children) are left alone."""
+    with start_server() as server:
+        other = await must_connect(server.ws_url, project="default")
+        others = await _processes_of(other)
+        conn = await must_connect(server.ws_url, project="default")
+        members = await _processes_of(conn)
+        await conn.send("exit\r")
+        assert await conn.wait_closed() == 4012
+        assert await _gone(members), "the orphaned (sleep 301 &) ended with its terminal"
+        assert not any(pty.is_zombie_or_gone(pid) for pid in others)
+        await other.send("echo OTHER-ALIVE\r")
+        await other.read_until("OTHER-ALIVE\r\n")
+        await other.close()
         await conn.close()

@@ -479,7 +479,7 @@ async def test_secrets_never_reach_a_shell_nor_the_logs(tmp_path: Path) -> None:
         log_file = server.log_file
         server.stop()
         logged = log_file.read_text() + "".join(server.output)
-    assert '"event":"attach"' in logged.replace(" ", ""), "the log was written"
+    assert '"event":"connect"' in logged.replace(" ", ""), "the log was written"
     for value in (*secrets.values(), wrong):
         assert value not in logged
         assert all(value not in reason for reason in reasons)
