@@ -282,8 +282,11 @@ class SessionManager:
 
     def _forget_ended(self, session: Session) -> None:
         self._ending.discard(session)
-        # Ended sessions free their rings and buffers, but glibc keeps the pages: hand them
-        # back, at most once a second (a storm of endings costs one trim).
+        self.release_memory_soon()
+
+    def release_memory_soon(self) -> None:
+        """Ended sessions and closed connections free their buffers, but glibc keeps the pages:
+        hand them back, at most once a second (a storm of endings costs one trim)."""
         if self._trim_handle is None:
             loop = asyncio.get_running_loop()
             self._trim_handle = loop.call_later(1.0, self._release_memory)

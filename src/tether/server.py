@@ -213,6 +213,7 @@ class Server:
             clients=len(connection.session.clients),
             duration_ms=None if lasted is None else round(lasted * 1000, 3),
         )
+        self.manager.release_memory_soon()
 
     # ------------------------------------------------------------------ facts
     def snapshot(self) -> dict[str, Any]:

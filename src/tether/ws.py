@@ -100,6 +100,9 @@ class TerminalConnection:
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await asyncio.wait_for(sender, timeout=5)
             self.server.on_detached(connection, self)
+            # The client refers back to this front: break the cycle, so that the session
+            # (its ring) and this connection's buffers are freed now, not at the next collection.
+            self.session = self.client = None
 
     def _connect_request(self) -> ConnectRequest:
         subprotocol_error = None

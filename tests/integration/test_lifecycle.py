@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
+import weakref
 
 import aiohttp
 import pytest
@@ -193,3 +195,26 @@ async def test_a_shell_that_exits_takes_its_orphaned_jobs_but_no_other_terminal(
         await other.read_until("OTHER-ALIVE\r\n")
         await other.close()
         await conn.close()
+
+
+async def test_an_ended_session_is_freed_at_once_not_at_the_next_garbage_collection() -> None:
+    """Rings are freed when their session ends and its clients leave, without waiting for the
+    cyclic collector (which an idle server may not run for a long time)."""
+    async with inprocess_server() as srv, aiohttp.ClientSession() as http:
+        conn = await must_connect(srv.ws_url, project="default")
+        await conn.send("seq 1 20000 | tail -1\r")
+        await conn.read_until("20000\r\n")
+        session = weakref.ref(srv.server.manager.sessions[conn.hello["key"]])
+        gc.disable()
+        try:
+            async with http.delete(f"{srv.base_url}/api/sessions/{conn.hello['key']}"):
+                pass
+            assert await conn.wait_closed() == 4013
+            await conn.close()
+            for _ in range(100):
+                if session() is None:
+                    break
+                await asyncio.sleep(0.05)
+            assert session() is None, "the ended session is not kept alive by a reference cycle"
+        finally:
+            gc.enable()
