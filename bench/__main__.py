@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.targets import make_target
 from bench.workloads import HEAVY, LIGHT
+from tether.embedded import SHELL
 
 # figure → (label, unit, better: "low"/"high")
 FIGURES = {
@@ -51,9 +52,9 @@ FIGURES = {
 
 
 async def run_workload(
-    name: str, workload: Any, target_name: str, sizes: dict[str, int]
+    name: str, workload: Any, target_name: str, sizes: dict[str, int], shell: str
 ) -> dict[str, Any]:
-    target = make_target(target_name)
+    target = make_target(target_name, shell=shell)
     await target.start()
     try:
         kwargs = {k: v for k, v in sizes.items() if k in workload.__code__.co_varnames}
@@ -76,7 +77,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 order = targets[run % len(targets) :] + targets[: run % len(targets)]
                 for target_name in order:
                     started = time.monotonic()
-                    figures = await run_workload(name, workload, target_name, sizes)
+                    figures = await run_workload(name, workload, target_name, sizes, args.shell)
                     seconds = time.monotonic() - started
                     shown = {k: round(v, 3) for k, v in figures.items()}
                     print(f"run {run + 1} {name:20} {target_name:10} {seconds:6.1f} s {shown}")
@@ -156,6 +157,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workload names")
     parser.add_argument("--out", default="bench/results/latest.json")
     parser.add_argument("--plot", default="")
+    parser.add_argument(
+        "--shell", default=SHELL, help=f"the shell every target starts (default: {SHELL})"
+    )
     args = parser.parse_args()
     result = asyncio.run(bench(args))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def summarize(raw: Path, top: int) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     workload = {**LIGHT, **HEAVY}[args.workload]
-    target = TetherTarget()
+    target = TetherTarget(*args.server_args)
     await target.start()
     raw = Path(tempfile.mkdtemp(prefix="bench-profile-")) / "stacks.txt"
     assert target.server is not None and target.server.pid is not None
@@ -76,6 +76,13 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--idle", action="store_true")
+    parser.add_argument(
+        "--serve-arg",
+        dest="server_args",
+        action="append",
+        default=[],
+        help="an extra `tether serve` argument (repeat it): --serve-arg=--shell --serve-arg=dash",
+    )
     asyncio.run(run(parser.parse_args()))
 
 

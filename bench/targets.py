@@ -168,11 +168,11 @@ class Target:
 class TetherTarget(Target):
     name = "tether"
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, shell: str = SHELL) -> None:
         # The per-key storm rule (10 attempts in 10 s) would refuse the bench's 30 re-attaches of
         # one session: raised, the same checks still run on every connect.
         limits = ("--max-sessions", "5000", "--idle-timeout", "3600", "--storm-threshold", "100000")
-        self.args = (*limits, *args)
+        self.args = (*limits, *args, "--shell", shell)
         self.server: EmbeddedServer | None = None
         self.http: aiohttp.ClientSession | None = None
         self.url = ""
@@ -207,7 +207,8 @@ class TetherTarget(Target):
 class TerminadoTarget(Target):
     name = "terminado"
 
-    def __init__(self) -> None:
+    def __init__(self, shell: str = SHELL) -> None:
+        self.shell = shell
         self.proc: asyncio.subprocess.Process | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-terminado-"))
         self.http: aiohttp.ClientSession | None = None
@@ -223,7 +224,7 @@ class TerminadoTarget(Target):
             "LANG": "C.UTF-8",
         }
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(HERE / "terminado_server.py"), *SHELL.split(),
+            sys.executable, str(HERE / "terminado_server.py"), *self.shell.split(),
             cwd=self.workdir, env=env, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL, stdin=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
@@ -263,7 +264,8 @@ class PtyTarget(Target):
     name = "pty"
     replays = False
 
-    def __init__(self) -> None:
+    def __init__(self, shell: str = SHELL) -> None:
+        self.shell = shell
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-pty-"))
         home = self.workdir / "home"
         home.mkdir()
@@ -276,20 +278,20 @@ class PtyTarget(Target):
     async def open(self, name: str | None = None) -> tuple[Link, str]:
         if name is not None:
             raise NotImplementedError("a bare PTY has no re-attach")
-        process = pty.spawn(SHELL.split(), str(self.workdir), self.env, 80, 24)
+        process = pty.spawn(self.shell.split(), str(self.workdir), self.env, 80, 24)
         return PtyLink(process), str(process.pid)
 
     def process(self) -> psutil.Process:
         return psutil.Process()
 
 
-def make_target(name: str, tether_args: tuple[str, ...] = ()) -> Target:
+def make_target(name: str, tether_args: tuple[str, ...] = (), shell: str = SHELL) -> Target:
     if name == "tether":
-        return TetherTarget(*tether_args)
+        return TetherTarget(*tether_args, shell=shell)
     if name == "terminado":
-        return TerminadoTarget()
+        return TerminadoTarget(shell)
     if name == "pty":
-        return PtyTarget()
+        return PtyTarget(shell)
     raise ValueError(name)
 
 

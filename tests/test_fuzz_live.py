@@ -267,6 +267,15 @@ async def _send(conn: Conn, frame: bytes | str | dict[str, Any]) -> bool:
     return not conn.ws.closed
 
 
+_ENDING_KEYS = ("\x03", "\x04", "\x1a", "\x1c")  # Ctrl-C, -D, -Z, -backslash: cat ends or stops
+
+
+def _may_end_session(frame: bytes | str) -> bool:
+    text = frame.decode("latin-1") if isinstance(frame, bytes) else frame
+    escaped = [f"\\u{ord(key):04x}" for key in _ENDING_KEYS]  # as JSON writes them
+    return len(frame) > 4096 or any(key in text for key in (*_ENDING_KEYS, *escaped))
+
+
 async def _send_frames(ws_url: str, batch: list[bytes | str]) -> None:
     conn = await _own_session(ws_url)
     try:
@@ -279,9 +288,10 @@ async def _send_frames(ws_url: str, batch: list[bytes | str]) -> None:
         if conn.close_code is None:
             assert any(m.get("type") == "pong" for m in conn.messages), conn.messages
         else:
-            # After an oversized frame the server closes while our next frames are in flight:
-            # TCP may then reset the connection before its 1009 close frame is read.
-            expected = CLOSE_CODES | ({1006} if any(len(f) > 4096 for f in batch) else set())
+            # After an oversized frame (1009), or a control key that ends `cat` (4012), the server
+            # closes while our next frames are in flight: TCP may then reset the connection
+            # before its close frame is read (a reset discards what was not read yet).
+            expected = CLOSE_CODES | ({1006} if any(map(_may_end_session, batch)) else set())
             assert conn.close_code in expected, (conn.close_code, conn.close_reason)
         for message in conn.messages:
             assert message["type"] in {"ack", "resize", "pong", "error", "exit"}, message

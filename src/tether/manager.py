@@ -76,6 +76,7 @@ class SessionManager:
         self.start_failures = StartFailureBreaker()
         self.accepting = True
         self._ending: set[Session] = set()
+        self._environments: dict[tuple[str, str], dict[str, str]] = {}
         self._trim_handle: asyncio.TimerHandle | None = None
         self._clock = clock
         self._wall = wall_clock
@@ -192,7 +193,7 @@ class SessionManager:
         project = self.settings.project(params.project)
         assert project is not None
         cols, rows = creation_size(params)
-        env = shell_environment(self.settings.shell, identity.owner, params.project)
+        env = self._shell_environment(identity.owner, params.project)
         try:
             process = pty.spawn(self.settings.shell, str(project.directory), env, cols, rows)
         except SpawnError as exc:
@@ -228,6 +229,15 @@ class SessionManager:
             pid=process.pid,
         )
         return Connection(session, result, created=True)
+
+    def _shell_environment(self, owner: str, project: str) -> dict[str, str]:
+        # Built once per owner and project (it reads the account database), then copied.
+        env = self._environments.get((owner, project))
+        if env is None:
+            env = shell_environment(self.settings.shell, owner, project)
+            if len(self._environments) < 1024:
+                self._environments[(owner, project)] = env
+        return dict(env)
 
     def _record(self, session: Session) -> dict[str, Any]:
         info = session.info

@@ -157,7 +157,7 @@ def session_members(sid: int) -> list[int] | None:
     """
     if not _subreaper:
         return None
-    own = _children_of(os.getpid())
+    own = _own_children()
     members: list[int] = []
     seen: set[int] = set()
     pending = [sid, *(child for child in own if child not in _shells)]
@@ -170,6 +170,20 @@ def session_members(sid: int) -> list[int] | None:
             members.append(pid)
             pending.extend(_children_of(pid))
     return members
+
+
+def _own_children() -> list[int]:
+    # Shells are spawned by the event loop's thread; orphans are handed to the main thread (the
+    # first live thread of a subreaper). Other threads of ours have no children to list.
+    threads = {os.getpid(), threading.get_native_id()}
+    children: list[int] = []
+    for tid in threads:
+        try:
+            with open(f"/proc/self/task/{tid}/children", "rb") as handle:
+                children.extend(int(child) for child in handle.read().split())
+        except OSError:
+            continue
+    return children
 
 
 def _children_of(pid: int) -> list[int]:
