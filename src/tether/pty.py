@@ -17,7 +17,7 @@ import signal
 import struct
 import termios
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tether.errors import SpawnError
@@ -175,24 +175,19 @@ def session_members(sid: int) -> list[int] | None:
 def _own_children() -> list[int]:
     # Shells are spawned by the event loop's thread; orphans are handed to the main thread (the
     # first live thread of a subreaper). Other threads of ours have no children to list.
-    threads = {os.getpid(), threading.get_native_id()}
-    children: list[int] = []
-    for tid in threads:
-        try:
-            with open(f"/proc/self/task/{tid}/children", "rb") as handle:
-                children.extend(int(child) for child in handle.read().split())
-        except OSError:
-            continue
-    return children
+    return _threads_children(os.getpid(), {os.getpid(), threading.get_native_id()})
 
 
 def _children_of(pid: int) -> list[int]:
-    children: list[int] = []
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        return _threads_children(pid, os.listdir(f"/proc/{pid}/task"))
     except OSError:
-        return children
-    for tid in tasks:
+        return []
+
+
+def _threads_children(pid: int, threads: Iterable[int | str]) -> list[int]:
+    children: list[int] = []
+    for tid in threads:
         try:
             with open(f"/proc/{pid}/task/{tid}/children", "rb") as handle:
                 children.extend(int(child) for child in handle.read().split())
