@@ -5,8 +5,11 @@
 The server runs in this process; a child opens CYCLES/8 sessions holding ~325 KB of output each
 and makes CYCLES replays from offset 0 (20 at a time), each aborted at a random point. Prints the
 RSS growth after every session ended, then after ``malloc_trim(0)``; with ``trace`` also the
-largest Python allocations still alive (tracemalloc). Measured: +16 MiB, of which malloc_trim
-gives back 12: the memory is freed but kept by the C heap, not held by live objects.
+largest Python allocations still alive (tracemalloc).
+
+It runs the garbage collector before it measures, so it shows what survives a collection. The
+growth that ``tether stress`` saw came from ended sessions held by a reference cycle until a
+collection (fixed: docs/benchmarks.md, problem 7), which this measurement hides by design.
 """
 
 import asyncio
