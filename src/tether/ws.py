@@ -80,14 +80,23 @@ class TerminalConnection:
 
     # ---------------------------------------------------------------- lifecycle
     async def run(self) -> None:
+        # Admit (and start the shell) before answering the upgrade: the shell then starts up on
+        # the other core while the upgrade response and the hello are written.
         started = time.perf_counter()
         try:
             connection = self.server.manager.connect(self._connect_request(), self)
         except Refusal as refusal:
             self.server.on_refused(refusal, self.address)
+            await self.ws.prepare(self.request)
             await self.ws.close(code=refusal.code, message=refusal.reason.encode())
             return
         self.session, self.client = connection.session, connection.attach.client
+        try:
+            await self.ws.prepare(self.request)
+        except BaseException:
+            self.session.detach(self.client)
+            self.session = self.client = None
+            raise
         self.server.on_admitted(connection, self, time.perf_counter() - started)
         sender = asyncio.create_task(self._send_loop(connection))
         try:
@@ -233,7 +242,7 @@ class TerminalConnection:
 
 
 async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
-    """``GET /ws/terminal``: upgrade, then admit or refuse with a close code."""
+    """``GET /ws/terminal``: admit or refuse, upgrade, then serve or close with the code."""
     server: Server = request.app[SERVER_KEY]
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
@@ -241,7 +250,8 @@ async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
         max_msg_size=server.settings.max_message_size,
         compress=False,
     )
-    await ws.prepare(request)
+    if not ws.can_prepare(request).ok:
+        await ws.prepare(request)  # not a WebSocket upgrade: aiohttp answers with an HTTP error
     connection = TerminalConnection(server, request, ws)
     server.connections.add(connection)
     try:

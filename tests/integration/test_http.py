@@ -260,3 +260,17 @@ async def test_one_session_by_key() -> None:
             assert response.status == 404
             assert (await response.json())["error"]["code"] == "not_found"
         await conn.close()
+
+
+async def test_a_plain_get_of_the_terminal_endpoint_starts_no_shell() -> None:
+    """The shell starts before the upgrade is answered, but only for a real upgrade request."""
+    async with inprocess_server() as srv, aiohttp.ClientSession() as http:
+        url = f"{srv.base_url}/ws/terminal?project=default"
+        async with http.get(url) as response:
+            assert response.status == 400
+            assert response.content_type == "application/json"
+        half = {"Connection": "Upgrade", "Upgrade": "websocket"}  # no key, no version
+        async with http.get(url, headers=half) as response:
+            assert response.status == 400
+        assert srv.server.manager.sessions == {}
+        assert srv.server.manager.counters["created"] == 0
