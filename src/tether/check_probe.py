@@ -16,6 +16,7 @@ from typing import Any, Literal
 from tether.client import Terminal, connect
 from tether.codes import CloseCode, retry_after_seconds
 from tether.errors import ClientError, ConnectFailed
+from tether.loadkit import percentile
 
 Status = Literal["pass", "fail", "skip"]
 CANONICAL_ID = re.compile(r"session_[0-9]{13}_[a-z0-9]{6,32}")
@@ -85,13 +86,6 @@ class Outcome:
         if self.skipped:
             self.figures.setdefault("skipped", self.skipped)
         return ScenarioResult(self.name, status, self.figures, tuple(self.failures), seconds)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` in (0, 1]) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.4999)))
-    return ordered[rank - 1]
 
 
 def summary_ms(values: list[float]) -> dict[str, float]:

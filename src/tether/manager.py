@@ -230,14 +230,14 @@ class SessionManager:
         )
         return Connection(session, result, created=True)
 
-    def _shell_environment(self, owner: str, project: str) -> dict[str, str]:
-        # Built once per owner and project (it reads the account database), then copied.
+    def _shell_environment(self, owner: str, project: str) -> Mapping[str, str]:
+        # Built once per owner and project (it reads the account database); spawn copies it.
         env = self._environments.get((owner, project))
         if env is None:
             env = shell_environment(self.settings.shell, owner, project)
             if len(self._environments) < 1024:
                 self._environments[(owner, project)] = env
-        return dict(env)
+        return env
 
     def _record(self, session: Session) -> dict[str, Any]:
         info = session.info
