@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.targets import make_target
 from bench.workloads import HEAVY, LIGHT
-from tether.embedded import SHELL
+from tether.tools.embedded import SHELL
 
 # figure → (label, unit, better: "low"/"high")
 FIGURES = {

@@ -18,7 +18,7 @@ import time
 
 from bench.targets import TetherTarget
 from bench.workloads import sessions_per_second
-from tether.embedded import SHELL
+from tether.tools.embedded import SHELL
 
 
 def _machine_busy_seconds() -> float:

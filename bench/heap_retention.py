@@ -24,12 +24,12 @@ import psutil
 import uvloop
 from aiohttp import web
 
-from tether.app import create_app
-from tether.config import build_settings
+from tether.server.aiohttp_front.app import create_app
+from tether.server.config import build_settings
 
 CLIENT = r"""
 import asyncio, sys, random
-from tether.loaduser import Wire, new_http, session_id, read_at_least, read_until
+from tether.tools.loaduser import Wire, new_http, session_id, read_at_least, read_until
 async def main(url, cycles):
     async with new_http() as http:
         async def source():
@@ -105,7 +105,7 @@ async def main():
         "sessions",
         len(
             runner.app[
-                __import__("tether.server", fromlist=["SERVER_KEY"]).SERVER_KEY
+                __import__("tether.server.core", fromlist=["SERVER_KEY"]).SERVER_KEY
             ].manager.sessions
         ),
     )

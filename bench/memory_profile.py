@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.memory_profile --sessions 200 --top 25
 
-The server runs in this process (``tether.app.create_app``) with tracemalloc on; a child process
+The server runs in this process
+(``tether.server.aiohttp_front.app.create_app``) with tracemalloc on; a child process
 opens ``--sessions`` sessions (first byte read, connections kept open: attached and idle), then
 ``--detach`` closes them. Prints the Python allocations per session by source line, and RSS growth.
 """
@@ -21,12 +22,12 @@ from pathlib import Path
 import psutil
 from aiohttp import web
 
-from tether.app import create_app
-from tether.config import build_settings
+from tether.server.aiohttp_front.app import create_app
+from tether.server.config import build_settings
 
 CLIENT = r"""
 import asyncio, sys
-from tether.loaduser import Wire, new_http, session_id
+from tether.tools.loaduser import Wire, new_http, session_id
 async def main(url, count, detach):
     async with new_http() as http:
         wires = []

@@ -1,10 +1,10 @@
 """The three things the bench measures, behind one interface.
 
-- ``tether``: ``python -m tether serve`` (tether.embedded.EmbeddedServer), protocol tether.v1.
+- ``tether``: ``python -m tether serve`` (tether.tools.embedded.EmbeddedServer), protocol tether.v1.
 - ``terminado``: bench/terminado_server.py (tornado + terminado's NamedTermManager) in a subprocess,
   with the same shell and a temporary HOME; JSON ``["stdin", …]`` / ``["stdout", …]`` frames.
 - ``pty``: the floor — the bench process itself spawns the shell on a PTY and reads the master fd
-  (``tether.pty.spawn``, posix_spawn); no network, no server.
+  (``tether.server.pty.spawn``, posix_spawn); no network, no server.
 
 Every target hands out :class:`Link` objects with the same three calls, so the workloads are one
 piece of client code for all three.
@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 import psutil
 
-from tether import pty
 from tether.client import websocket_url
-from tether.embedded import SHELL, EmbeddedServer
-from tether.loaduser import Refused, Wire, new_http, session_id
+from tether.server import pty
+from tether.tools.embedded import SHELL, EmbeddedServer
+from tether.tools.loaduser import Refused, Wire, new_http, session_id
 
 HERE = Path(__file__).resolve().parent
 

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.targets import Link, Target, TetherTarget
-from tether.loadkit import Recorder, delete_session, percentile
-from tether.loaduser import TypingUser, new_http
-from tether.proxy import TcpProxy
+from tether.tools.loadkit import Recorder, delete_session, percentile
+from tether.tools.loaduser import TypingUser, new_http
+from tether.tools.proxy import TcpProxy
 
 MIB = 2**20
 THROUGHPUT_COMMAND = b"head -c 50000000 /dev/zero | base64; echo __BEN''CH_END__\r"

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import ServerProcess, start_server
-from tether.attach import DetachKeyFilter, describe, raw_mode, strip_terminal_replies
 from tether.client import Connected, Disconnected, Exited, Gap
-from tether.policy import PolicyEvent, State
+from tether.client.attach import DetachKeyFilter, describe, raw_mode, strip_terminal_replies
+from tether.protocol.policy import PolicyEvent, State
 
 # ------------------------------------------------------------------------------- pure parts
 

@@ -1,4 +1,4 @@
-"""tether.auth: credentials, static tokens, JWTs (HS256/RS256), and the security settings rules."""
+"""tether.server.auth: credentials, tokens, JWTs (HS256/RS256), the security settings rules."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tether import auth
-from tether.config import build_settings
 from tether.errors import ConfigError
-from tether.identity import ANONYMOUS, Identity
+from tether.server import auth
+from tether.server.config import build_settings
+from tether.server.identity import ANONYMOUS, Identity
 
 SECRET = "s" * 40
 ALICE = "alice-token-0123456789"
@@ -329,7 +329,7 @@ def test_security_settings_accepted(tmp_path: Path, raw: dict) -> None:
 
 
 def test_security_settings_from_environment(tmp_path: Path) -> None:
-    from tether.config import from_environment
+    from tether.server.config import from_environment
 
     env = {
         "TETHER_AUTH": "jwt",

@@ -8,11 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.server import ServerProcess, start_server
-from tether.check import expand
-from tether.check_breaker import read_schedule, within
-from tether.check_probe import percentile, summary_ms
 from tether.cli import main
-from tether.policy import PolicyEvent, State
+from tether.protocol.policy import PolicyEvent, State
+from tether.tools.check import expand
+from tether.tools.check_breaker import read_schedule, within
+from tether.tools.check_probe import percentile, summary_ms
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,12 @@ import pytest
 from aiohttp import web
 
 from tests.support.server import ServerProcess, start_server
-from tether import client
-from tether.check_probe import Probe, end_shell
 from tether.client import Connected, Disconnected, Gap, Latency, Terminal, connect
+from tether.client import terminal as client
 from tether.errors import ConnectFailed, SessionEnded
-from tether.policy import PolicyEvent, ReconnectPolicy, State
-from tether.proxy import TcpProxy
+from tether.protocol.policy import PolicyEvent, ReconnectPolicy, State
+from tether.tools.check_probe import Probe, end_shell
+from tether.tools.proxy import TcpProxy
 
 Outbox = asyncio.Queue[bytes | str | None]
 

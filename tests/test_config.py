@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tether.config import build_settings, from_environment, load_toml
 from tether.errors import ConfigError
+from tether.server.config import build_settings, from_environment, load_toml
 
 
 def test_defaults_match_the_documented_ones(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.server import inprocess_server
-from tether.config import Settings, build_settings, load_toml
+from tether.server.config import Settings, build_settings, load_toml
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,8 +13,8 @@ import jwt
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether import auth
-from tether.hostcheck import (
+from tether.server import auth
+from tether.server.hostcheck import (
     HostPolicy,
     forwarded_client,
     host_name,
@@ -22,7 +22,7 @@ from tether.hostcheck import (
     origin_allowed,
     parse_networks,
 )
-from tether.identity import Identity
+from tether.server.identity import Identity
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SECRET = b"fuzz-secret-of-enough-length-0123456789"

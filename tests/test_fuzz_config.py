@@ -10,10 +10,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether.auth import is_valid_owner, load_tokens
-from tether.config import Settings, build_settings, from_environment, load_toml
 from tether.errors import ConfigError
-from tether.hostcheck import is_loopback_host
+from tether.server.auth import is_valid_owner, load_tokens
+from tether.server.config import Settings, build_settings, from_environment, load_toml
+from tether.server.hostcheck import is_loopback_host
 
 FUZZ = settings(
     max_examples=200,

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from tests.support.server import ServerProcess, start_server
 from tests.support.wsclient import Conn, Refused, connect, must_connect
-from tether.app import create_app
-from tether.config import build_settings
+from tether.server.aiohttp_front.app import create_app
+from tether.server.config import build_settings
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -13,9 +13,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tether.codes import MAX_REASON_BYTES, CloseCode, clip_reason, retry_after_seconds
 from tether.errors import InvalidParameter
-from tether.ids import (
+from tether.protocol.codes import MAX_REASON_BYTES, CloseCode, clip_reason, retry_after_seconds
+from tether.protocol.ids import (
     composite_key,
     is_current_session_id,
     is_valid_client_id,
@@ -23,7 +23,7 @@ from tether.ids import (
     resolve_session_id,
     split_key,
 )
-from tether.messages import (
+from tether.protocol.messages import (
     MAX_COLS,
     MAX_ROWS,
     ConnectParams,

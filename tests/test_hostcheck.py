@@ -1,10 +1,10 @@
-"""tether.hostcheck: loopback binds, Host headers (DNS rebinding), origins, forwarded addresses."""
+"""tether.server.hostcheck: loopback, Host headers (DNS rebinding), origins, forwarded hops"""
 
 from __future__ import annotations
 
 import pytest
 
-from tether.hostcheck import (
+from tether.server.hostcheck import (
     HostPolicy,
     forwarded_client,
     host_name,

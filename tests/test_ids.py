@@ -1,4 +1,4 @@
-"""Tests of tether.ids: PROTOCOL.md section 1."""
+"""Tests of tether.protocol.ids: PROTOCOL.md section 1."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tether.codes import CloseCode
 from tether.errors import InvalidParameter
-from tether.ids import (
+from tether.protocol.codes import CloseCode
+from tether.protocol.ids import (
     SessionRef,
     composite_key,
     is_current_session_id,

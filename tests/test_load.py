@@ -9,8 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tether.cli import main
-from tether.embedded import EmbeddedServer
-from tether.load import LoadOptions, run_load
+from tether.tools.embedded import EmbeddedServer
+from tether.tools.load import LoadOptions, run_load
 
 
 def test_load_cli_short_run_is_exact(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_load_cli_short_run_is_exact(tmp_path: Path) -> None:
     assert correctness and all(v["passed"] for v in correctness)
     # The plot is drawn in a child process: matplotlib keeps font files open for good.
     plot_file = tmp_path / "load.png"
-    code = "import json, sys; from tether.load import write_plot; "
+    code = "import json, sys; from tether.tools.load import write_plot; "
     code += "write_plot(json.load(open(sys.argv[1])), sys.argv[2])"
     command = [sys.executable, "-c", code, str(report_file), str(plot_file)]
     subprocess.run(command, check=True, timeout=120)

@@ -1,4 +1,4 @@
-"""tether.loadkit: figures, the verified user on a real server, the probe, the embedded server."""
+"""tether.tools.loadkit: figures, the verified user on a real server, the probe, embedded server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from tether.embedded import EmbeddedServer
-from tether.loadkit import (
+from tether.tools.embedded import EmbeddedServer
+from tether.tools.loadkit import (
     KeyPacer,
     Recorder,
     ServerProbe,
@@ -19,7 +19,7 @@ from tether.loadkit import (
     percentile,
     summarize,
 )
-from tether.loaduser import TypingUser, UserFailed, Wire, new_http, session_id
+from tether.tools.loaduser import TypingUser, UserFailed, Wire, new_http, session_id
 
 
 def test_percentile_is_nearest_rank() -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.server import inprocess_server
 from tests.support.wsclient import must_connect, must_refuse
-from tether import logs
+from tether.server import logs
 
 pytestmark = pytest.mark.timeout(60)
 

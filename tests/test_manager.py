@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from tether.config import build_settings
 from tether.errors import Refusal
-from tether.identity import ANONYMOUS, Identity
-from tether.manager import ConnectRequest, SessionManager
+from tether.server.config import build_settings
+from tether.server.identity import ANONYMOUS, Identity
+from tether.server.manager import ConnectRequest, SessionManager
 
 
 class FakeClock:

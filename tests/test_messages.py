@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tether.errors import InvalidParameter
-from tether.messages import (
+from tether.protocol.messages import (
     Input,
     MessageError,
     Ping,

@@ -1,4 +1,4 @@
-"""Tests of tether.modes: terminal-mode tracking and safe replay starts."""
+"""Tests of tether.protocol.modes: terminal-mode tracking and safe replay starts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.modes import ModeTracker, TerminalModes
+from tether.protocol.modes import ModeTracker, TerminalModes
 
 
 def modes_of(*chunks: bytes) -> TerminalModes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.policy import (
+from tether.protocol.policy import (
     PolicyError,
     PolicyEvent,
     ReconnectPolicy,

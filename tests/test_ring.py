@@ -1,4 +1,4 @@
-"""Tests of tether.ring: the output ring buffer with absolute positions."""
+"""Tests of tether.protocol.ring: the output ring buffer with absolute positions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from tether.ring import RingBuffer
+from tether.protocol.ring import RingBuffer
 
 
 def test_new_ring_is_empty_and_unallocated() -> None:

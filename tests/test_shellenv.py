@@ -1,4 +1,4 @@
-"""tether.shellenv: the allowlisted environment, and running shells as another account."""
+"""tether.server.shellenv: the allowlisted environment, and running shells as another account."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pwd
 import pytest
 
 from tether.errors import ConfigError
-from tether.shellenv import run_as, shell_environment
+from tether.server.shellenv import run_as, shell_environment
 
 SERVER_ENVIRONMENT = {
     "PATH": "/usr/bin:/bin",

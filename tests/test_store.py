@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tether.store import MemoryStore, SessionStore, Tombstone
+from tether.server.store import MemoryStore, SessionStore, Tombstone
 
 IMPLEMENTATIONS = [MemoryStore]
 

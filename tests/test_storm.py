@@ -1,4 +1,4 @@
-"""Tests of tether.storm with a fake clock (plain floats): PROTOCOL.md section 8."""
+"""Tests of tether.protocol.storm with a fake clock (plain floats): PROTOCOL.md section 8."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tether.storm import (
+from tether.protocol.storm import (
     BreakerSnapshot,
     BreakerState,
     FailureSnapshot,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from tether.cli import main
-from tether.stress import StressOptions, run_stress
+from tether.tools.stress import StressOptions, run_stress
 
 
 def test_stress_cli_short_run(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ TetherError
 
 from __future__ import annotations
 
-from tether.codes import CloseCode, clip_reason
+from tether.protocol.codes import CloseCode, clip_reason
 
 
 class TetherError(Exception):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tether.proxy import TcpProxy
+from tether.tools.proxy import TcpProxy
 
 T = TypeVar("T")
 

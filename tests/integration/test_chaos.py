@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.server import inprocess_server
 from tests.support.wsclient import strip_ansi
-from tether.proxy import TcpProxy
+from tether.tools.proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.server import inprocess_server, start_server
 from tests.support.wsclient import must_connect, must_refuse, strip_ansi
-from tether import pty
+from tether.server import pty
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.server import inprocess_server
 from tests.support.wsclient import connect, must_connect, must_refuse, strip_ansi
-from tether.ids import is_current_session_id, migrate_legacy_id
+from tether.protocol.ids import is_current_session_id, migrate_legacy_id
 
 pytestmark = pytest.mark.timeout(60)
 

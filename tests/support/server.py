@@ -20,9 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tether.app import create_app
-from tether.config import build_settings
-from tether.server import SERVER_KEY, Server
+from tether.server.aiohttp_front.app import create_app
+from tether.server.config import build_settings
+from tether.server.core import SERVER_KEY, Server
 
 SHELL = "bash --norc --noprofile"
 READY_TIMEOUT = 20.0

@@ -1,6 +1,6 @@
 // tether-client.js — the browser client of tether's wire protocol (docs/protocol.md), for use
 // with any xterm.js instance. No framework, no dependencies; close codes come from the server's
-// own table (src/tether/close_codes.json), bundled in. See docs/web.md.
+// own table (src/tether/protocol/close_codes.json), bundled in. See docs/web.md.
 //
 //   import { TetherConnection, TerminalBinding } from '/static/tether-client.js';
 //   const connection = new TetherConnection({ url: 'wss://host/ws/terminal', project: 'default' });

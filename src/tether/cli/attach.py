@@ -1,4 +1,4 @@
-"""``tether attach``: the local terminal on a session (see :mod:`tether.attach`)."""
+"""``tether attach``: the local terminal on a session (see :mod:`tether.client.attach`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import sys
 
 import click
 
-from tether.attach import Attachment, AttachResult, window_size
 from tether.cli._group import cli
 from tether.cli.check import CommandFailed
 from tether.client import Terminal, fetch_projects, websocket_url
+from tether.client.attach import Attachment, AttachResult, window_size
 from tether.errors import ClientError, SessionEnded
 
 DEFAULT_URL = "ws://127.0.0.1:4001"

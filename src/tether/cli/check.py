@@ -10,9 +10,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from tether.check import SCENARIOS, CheckReport, run_check
 from tether.cli._group import cli
 from tether.client import websocket_url
+from tether.tools.check import SCENARIOS, CheckReport, run_check
 
 
 class CommandFailed(click.ClickException):

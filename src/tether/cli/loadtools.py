@@ -14,9 +14,9 @@ from rich.table import Table
 
 from tether.cli._group import cli
 from tether.client import websocket_url
-from tether.load import LoadOptions, LoadProgress, run_load, write_plot
-from tether.loadkit import Verdict
-from tether.stress import StressOptions, StressProgress, run_stress
+from tether.tools.load import LoadOptions, LoadProgress, run_load, write_plot
+from tether.tools.loadkit import Verdict
+from tether.tools.stress import StressOptions, StressProgress, run_stress
 
 
 class CommandFailed(click.ClickException):

@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from tether.cli._group import cli
-from tether.config import build_settings, from_environment, load_toml
 from tether.errors import ConfigError
+from tether.server.config import build_settings, from_environment, load_toml
 
 # (flag, metavar, help): each flag sets the settings field of the same name; every value is
 # validated by the settings model.
@@ -119,7 +119,7 @@ def _options(command: Any) -> Any:
 @_options
 def serve(config_file: str | None, **flags: Any) -> None:
     """Serve terminals over WebSocket (default 127.0.0.1:4001)."""
-    from tether.app import run
+    from tether.server.aiohttp_front.app import run
 
     raw = {key: value for key, value in flags.items() if value not in (None, ())}
     try:

@@ -1,6 +1,6 @@
-// What a client does after a close code: the one shared table, src/tether/close_codes.json,
+// What a client does after a close code: the one shared table, src/tether/protocol/close_codes.json,
 // bundled in (never copied), so that the server, the Python client and this module agree.
-import table from '../../../src/tether/close_codes.json' with { type: 'json' };
+import table from '../../../src/tether/protocol/close_codes.json' with { type: 'json' };
 
 /** @typedef {'stop' | 'retry' | 'retry_now'} CloseAction */
 

@@ -1,6 +1,6 @@
 """The circuit-breaker scenario of ``tether check``.
 
-The client runs through a local :class:`~tether.proxy.TcpProxy`; cutting the proxy makes the
+The client runs through a local :class:`~tether.tools.proxy.TcpProxy`; cutting the proxy makes the
 server unreachable. The scenario checks the client's schedule (1, 2, 4, 8, 16 s between attempts,
 scaled by ``--time-scale``), that the breaker opens at exactly the 5th consecutive failure and goes
 half-open after 30 s, and recovery (same shell, exact output) once the proxy is restored. Then it
@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from tether.check_probe import Context, Outcome, Probe, end_shell, open_terminal, wait_until
-from tether.check_scenarios import check_replay
 from tether.client import ClientEvent, Terminal, connect
-from tether.codes import CloseCode, retry_after_seconds
 from tether.errors import ConnectFailed
-from tether.policy import FAILURES_TO_OPEN, PolicyEvent, State, backoff_delay
-from tether.proxy import TcpProxy
+from tether.protocol.codes import CloseCode, retry_after_seconds
+from tether.protocol.policy import FAILURES_TO_OPEN, PolicyEvent, State, backoff_delay
+from tether.tools.check_probe import Context, Outcome, Probe, end_shell, open_terminal, wait_until
+from tether.tools.check_scenarios import check_replay
+from tether.tools.proxy import TcpProxy
 
 STORM_ATTEMPTS = 40
 Timed = tuple[float, PolicyEvent]

@@ -15,17 +15,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tether import pty
-from tether.codes import CloseCode
-from tether.config import Settings
 from tether.errors import Refusal, SpawnError
-from tether.identity import Identity
-from tether.ids import composite_key, new_session_id, resolve_session_id
-from tether.messages import ConnectParams, creation_size, parse_connect_params
-from tether.session import AttachResult, ClientSink, EndReason, Session, SessionInfo, SessionState
-from tether.shellenv import shell_environment
-from tether.store import MemoryStore, SessionStore, Tombstone
-from tether.storm import StartFailureBreaker, StormDetector
+from tether.protocol.codes import CloseCode
+from tether.protocol.ids import composite_key, new_session_id, resolve_session_id
+from tether.protocol.messages import ConnectParams, creation_size, parse_connect_params
+from tether.protocol.storm import StartFailureBreaker, StormDetector
+from tether.server import pty
+from tether.server.config import Settings
+from tether.server.identity import Identity
+from tether.server.session import (
+    AttachResult,
+    ClientSink,
+    EndReason,
+    Session,
+    SessionInfo,
+    SessionState,
+)
+from tether.server.shellenv import shell_environment
+from tether.server.store import MemoryStore, SessionStore, Tombstone
 
 EventListener = Callable[..., None]
 LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")

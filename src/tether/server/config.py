@@ -18,14 +18,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tether.errors import ConfigError
-from tether.hostcheck import (
+from tether.protocol.ids import is_valid_project_id
+from tether.server.hostcheck import (
     is_loopback_host,
     is_valid_host_pattern,
     is_valid_origin,
     parse_networks,
 )
-from tether.ids import is_valid_project_id
-from tether.shellenv import run_as
+from tether.server.shellenv import run_as
 
 ENV_PREFIX = "TETHER_"
 MiB = 1024 * 1024

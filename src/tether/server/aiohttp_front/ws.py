@@ -1,6 +1,7 @@
 """The aiohttp WebSocket front of ``/ws/terminal``: one :class:`TerminalConnection` per socket.
 
-It implements the session's :class:`~tether.session.ClientSink`: a sender task streams the ring
+It implements the session's :class:`~tether.server.session.ClientSink`:
+a sender task streams the ring
 from the client's position (awaiting the socket's drain, which is what slows a fast program
 while this client lags), a receive loop writes input and answers control messages, and a
 server's heartbeat calls :meth:`TerminalConnection.heartbeat_tick`, which drops a peer that
@@ -18,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from tether.codes import CloseCode, clip_reason
 from tether.errors import Refusal
-from tether.manager import Connection, ConnectRequest
-from tether.messages import (
+from tether.protocol.codes import CloseCode, clip_reason
+from tether.protocol.messages import (
     SUBPROTOCOL,
     Input,
     MessageError,
@@ -30,12 +30,13 @@ from tether.messages import (
     check_subprotocols,
     parse_client_message,
 )
-from tether.session import Client, Session
+from tether.server.manager import Connection, ConnectRequest
+from tether.server.session import Client, Session
 
 if TYPE_CHECKING:
-    from tether.server import Server
+    from tether.server.core import Server
 
-from tether.server import SERVER_KEY
+from tether.server.core import SERVER_KEY
 
 ACK_EVERY = 64 * 1024
 ACK_DELAY = 0.05

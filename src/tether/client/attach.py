@@ -1,7 +1,7 @@
 """``tether attach``: bridge the local terminal to a session, like ``tmux attach`` over the network.
 
 The local terminal is put in raw mode and always restored (even on errors); its size follows the
-window (SIGWINCH); the :class:`~tether.client.Terminal` reconnects on its own and reports
+window (SIGWINCH); the :class:`~tether.client.terminal.Terminal` reconnects on its own and reports
 what it does through ``status`` messages.
 
 **Detach key: Ctrl-\\ then d.** The session stays on the server. Ctrl-\\ twice sends one Ctrl-\\;
@@ -28,7 +28,7 @@ from typing import Literal
 
 from tether.client import ClientEvent, Connected, Disconnected, Exited, Gap, Terminal
 from tether.errors import SessionEnded
-from tether.policy import PolicyEvent, State
+from tether.protocol.policy import PolicyEvent, State
 
 DETACH_PREFIX = 0x1C  # Ctrl-\
 DETACH_KEY = ord("d")

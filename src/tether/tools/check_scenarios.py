@@ -13,7 +13,8 @@ import secrets
 import uuid
 from typing import Any
 
-from tether.check_probe import (
+from tether.client import Terminal, fetch_json
+from tether.tools.check_probe import (
     CANONICAL_ID,
     Context,
     Outcome,
@@ -22,7 +23,6 @@ from tether.check_probe import (
     open_terminal,
     summary_ms,
 )
-from tether.client import Terminal, fetch_json
 
 SESSION_REUSE_ROUNDS = 7  # + the first connect + the replay check stays under 10 per key
 CONNECT_SAMPLES = 10

@@ -26,8 +26,8 @@ from typing import Any
 import aiohttp
 
 from tether.client import websocket_url
-from tether.codes import CloseCode, is_stop_code
-from tether.loadkit import Recorder
+from tether.protocol.codes import CloseCode, is_stop_code
+from tether.tools.loadkit import Recorder
 
 SUBPROTOCOL = "tether.v1"
 MARKER = b"__TETHER_LOAD_READY__\r\n"

@@ -2,7 +2,7 @@
 
 ::
 
-    async with tether.client.connect("ws://127.0.0.1:4001", project="web") as term:
+    async with tether.connect("ws://127.0.0.1:4001", project="web") as term:
         await term.send("ls\\r")
         async for chunk in term.output():
             ...
@@ -11,13 +11,8 @@
 session that is gone raises :class:`~tether.errors.SessionEnded` instead of being silently
 replaced), keeps unacknowledged input and re-sends exactly what the server has not written
 (PROTOCOL.md section 4), honours every close code (section 6) and follows the reconnection policy of
-:mod:`tether.policy` (section 7). The first connect is not retried: its failure raises
+:mod:`tether.protocol.policy` (section 7). The first connect is not retried: its failure raises
 :class:`~tether.errors.ConnectFailed` (or ``SessionEnded`` for a stop code) from ``open()``.
-
-**URLs.** Every tool accepts the WebSocket endpoint (``ws://host:port/ws/terminal``) or the
-server's base URL (``ws://host:port``, ``http://host:port``, ``https://…`` → ``wss://…``, a bare
-``host:port``, and base paths behind a reverse proxy such as ``https://host/tether``);
-:func:`websocket_url` and :func:`http_url` turn any of them into the form each side needs.
 """
 
 from __future__ import annotations
@@ -30,11 +25,10 @@ import secrets
 from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from tether.client_events import (
+from tether.client.events import (
     ClientEvent,
     Connected,
     Disconnected,
@@ -45,9 +39,17 @@ from tether.client_events import (
     Resized,
     ServerError,
 )
-from tether.codes import CloseCode, is_stop_code
+from tether.client.urls import (
+    auth_headers,
+    describe_error,
+    fetch_json,
+    fetch_projects,
+    http_url,
+    websocket_url,
+)
 from tether.errors import ClientError, ConnectFailed, SessionEnded
-from tether.policy import PolicyEvent, ReconnectPolicy, State
+from tether.protocol.codes import CloseCode, is_stop_code
+from tether.protocol.policy import PolicyEvent, ReconnectPolicy, State
 
 __all__ = [
     "ClientEvent",
@@ -67,66 +69,11 @@ __all__ = [
 ]
 
 SUBPROTOCOL = "tether.v1"
-WEBSOCKET_PATH = "/ws/terminal"
 CONNECT_TIMEOUT = 10.0
 PING_INTERVAL = 25.0
 MAX_INPUT_FRAME = 65536
 SCREEN_RESET = b"\x1bc"
 _ENDED = (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
-_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
-
-
-# ------------------------------------------------------------------------------------- URLs
-def _split(url: str) -> tuple[str, str, str]:
-    """(scheme, netloc, base path) of any accepted form of a server URL."""
-    parts = urlsplit(url if "://" in url else f"ws://{url}")
-    scheme = parts.scheme.lower()
-    if scheme not in _SCHEMES or not parts.hostname:
-        raise ValueError(f"not a tether URL: {url!r} (use ws://host:port or http://host:port)")
-    path = parts.path.rstrip("/")
-    path = path.removesuffix(WEBSOCKET_PATH)
-    return scheme, parts.netloc, path
-
-
-def websocket_url(url: str) -> str:
-    """The WebSocket endpoint (``ws[s]://host:port[/base]/ws/terminal``) for any server URL."""
-    scheme, netloc, path = _split(url)
-    return urlunsplit((_SCHEMES[scheme], netloc, path + WEBSOCKET_PATH, "", ""))
-
-
-def http_url(url: str) -> str:
-    """The server's HTTP base URL (``http[s]://host:port[/base]``, no trailing slash)."""
-    scheme, netloc, path = _split(url)
-    secure = _SCHEMES[scheme] == "wss"
-    return urlunsplit(("https" if secure else "http", netloc, path, "", ""))
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
-
-
-def _auth_headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-async def fetch_json(url: str, path: str, *, token: str | None = None, timeout: float = 10) -> Any:
-    """GET ``path`` (e.g. ``/stats/sessions``) from the server at ``url``; the decoded JSON."""
-    target = http_url(url) + path
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
-            http.get(target, headers=_auth_headers(token)) as response,
-        ):
-            response.raise_for_status()
-            return await response.json()
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-        raise ConnectFailed(f"GET {target} failed: {_describe(exc)}") from exc
-
-
-async def fetch_projects(url: str, *, token: str | None = None) -> list[str]:
-    """The ids of the projects the caller may use (``GET /api/projects``), in server order."""
-    projects = await fetch_json(url, "/api/projects", token=token)
-    return [str(project["id"]) for project in projects]
 
 
 class _OutputBuffer:
@@ -287,7 +234,7 @@ class Terminal:
 
     @property
     def state(self) -> State:
-        """The reconnection state (see :class:`tether.policy.State`)."""
+        """The reconnection state (see :class:`tether.protocol.policy.State`)."""
         return self.policy.state
 
     @property
@@ -426,13 +373,13 @@ class Terminal:
                     self.url,
                     params=self._query(resume),
                     protocols=(SUBPROTOCOL,),
-                    headers=_auth_headers(self._token),
+                    headers=auth_headers(self._token),
                     heartbeat=self._ping_interval,
                     timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
                     max_msg_size=0,
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ConnectFailed(f"cannot reach {self.url}: {_describe(exc)}") from exc
+            raise ConnectFailed(f"cannot reach {self.url}: {describe_error(exc)}") from exc
         try:
             async with asyncio.timeout_at(deadline):
                 message = await ws.receive()

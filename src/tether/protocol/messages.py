@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tether.errors import InvalidParameter
-from tether.ids import is_valid_client_id, is_valid_project_id
+from tether.protocol.ids import is_valid_client_id, is_valid_project_id
 
 MAX_COLS = 1000
 MAX_ROWS = 500

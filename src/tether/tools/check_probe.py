@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether.client import Terminal, connect
-from tether.codes import CloseCode, retry_after_seconds
 from tether.errors import ClientError, ConnectFailed
-from tether.loadkit import percentile
+from tether.protocol.codes import CloseCode, retry_after_seconds
+from tether.tools.loadkit import percentile
 
 Status = Literal["pass", "fail", "skip"]
 CANONICAL_ID = re.compile(r"session_[0-9]{13}_[a-z0-9]{6,32}")

@@ -2,10 +2,10 @@
 
 - :func:`summarize` / :func:`percentile`: latency figures (p50/p95/p99/max) in milliseconds.
 - :class:`Recorder`, :class:`Verdict`, :class:`ToolReport`: what a run gathers and reports.
-- The client side (a lean connection, the verified typing user) is :mod:`tether.loaduser`.
+- The client side (a lean connection, the verified typing user) is :mod:`tether.tools.loaduser`.
 - :class:`ServerProbe`: the server's CPU, RSS, fds and shells, from ``/proc`` when local, else from
   ``GET /stats/sessions``.
-- The embedded server the tools start when given no URL is :mod:`tether.embedded`.
+- The embedded server the tools start when given no URL is :mod:`tether.tools.embedded`.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tether.server import SERVER_KEY, Server
-from tether.session import Session, SessionState
-from tether.storm import BreakerSnapshot
+from tether.protocol.storm import BreakerSnapshot
+from tether.server.core import SERVER_KEY, Server
+from tether.server.session import Session, SessionState
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:

@@ -19,17 +19,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.check_breaker import circuit_breaker_scenario
-from tether.check_probe import Context, Outcome, ScenarioResult
-from tether.check_scenarios import (
+from tether.client import fetch_projects, http_url, websocket_url
+from tether.errors import ClientError, ConnectFailed
+from tether.tools.check_breaker import circuit_breaker_scenario
+from tether.tools.check_probe import Context, Outcome, ScenarioResult
+from tether.tools.check_scenarios import (
     connect_scenario,
     legacy_migration_scenario,
     performance_scenario,
     session_reuse_scenario,
 )
-from tether.client import fetch_projects, http_url, websocket_url
-from tether.embedded import EmbeddedServer
-from tether.errors import ClientError, ConnectFailed
+from tether.tools.embedded import EmbeddedServer
 
 Scenario = Callable[[Context, Outcome], Awaitable[None]]
 SCENARIOS: dict[str, Scenario] = {

@@ -34,11 +34,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tether.errors import ConfigError
-from tether.identity import ANONYMOUS, Identity
-from tether.ids import is_valid_project_id
+from tether.protocol.ids import is_valid_project_id
+from tether.server.identity import ANONYMOUS, Identity
 
 if TYPE_CHECKING:
-    from tether.config import Settings
+    from tether.server.config import Settings
 
 COOKIE_NAME = "tether_token"
 QUERY_PARAMETER = "token"

@@ -15,15 +15,16 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from tether import api, logs, pty
-from tether.codes import CloseCode
-from tether.config import Settings
 from tether.errors import ConfigError, Refusal
-from tether.hostcheck import is_loopback_host
-from tether.messages import SUBPROTOCOL
-from tether.server import SERVER_KEY, Server
-from tether.store import SessionStore
-from tether.ws import handle_terminal
+from tether.protocol.codes import CloseCode
+from tether.protocol.messages import SUBPROTOCOL
+from tether.server import logs, pty
+from tether.server.aiohttp_front import api
+from tether.server.aiohttp_front.ws import handle_terminal
+from tether.server.config import Settings
+from tether.server.core import SERVER_KEY, Server
+from tether.server.hostcheck import is_loopback_host
+from tether.server.store import SessionStore
 
 STATIC_DIR = Path(str(resources.files("tether").joinpath("web/static")))
 BACKGROUND_KEY = web.AppKey("background", list)

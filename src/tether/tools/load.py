@@ -5,7 +5,8 @@
     report = await run_load(LoadOptions(connections=20, duration=10, reconnect_every=3))
     report.passed, report.to_json()
 
-Each user (:class:`tether.loadkit.TypingUser`) types at a human pace (a keystroke every 50–200 ms,
+Each user (:class:`tether.tools.loaduser.TypingUser`)
+types at a human pace (a keystroke every 50–200 ms,
 a line every few seconds), reads its output, and is cut — mostly abruptly, sometimes with a clean
 close — about every ``reconnect_every`` seconds, resuming at once by offset. Every output byte is
 checked as it arrives, so loss or duplication of output or keystrokes fails the run; at the end a
@@ -23,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tether.codes import CloseCode
-from tether.embedded import EmbeddedServer
-from tether.loadkit import Recorder, ServerProbe, ToolReport, Verdict, first_project
-from tether.loaduser import TypingUser, UserFailed, new_http
+from tether.protocol.codes import CloseCode
+from tether.tools.embedded import EmbeddedServer
+from tether.tools.loadkit import Recorder, ServerProbe, ToolReport, Verdict, first_project
+from tether.tools.loaduser import TypingUser, UserFailed, new_http
 
 MIB = 2**20
 

@@ -1,6 +1,7 @@
 """The running server: settings, the session manager, metrics and logs, wired together.
 
-Framework-neutral glue used by the aiohttp front (:mod:`tether.app`, :mod:`tether.ws`); the
+Framework-neutral glue used by the aiohttp front
+(:mod:`tether.server.aiohttp_front.app`, :mod:`tether.server.aiohttp_front.ws`); the
 security rules (identity, origin) live here so that any front applies the same ones.
 """
 
@@ -14,19 +15,20 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from tether import __version__, auth, hostcheck, logs
-from tether.codes import CloseCode
-from tether.config import Settings
+from tether import __version__
 from tether.errors import Refusal
-from tether.identity import Identity
-from tether.manager import Connection, SessionManager
-from tether.metrics import Metrics, close_code_label
-from tether.pty import process_rss_bytes
-from tether.session import SessionState
-from tether.store import SessionStore
+from tether.protocol.codes import CloseCode
+from tether.server import auth, hostcheck, logs
+from tether.server.config import Settings
+from tether.server.identity import Identity
+from tether.server.manager import Connection, SessionManager
+from tether.server.metrics import Metrics, close_code_label
+from tether.server.pty import process_rss_bytes
+from tether.server.session import SessionState
+from tether.server.store import SessionStore
 
 if TYPE_CHECKING:
-    from tether.ws import TerminalConnection
+    from tether.server.aiohttp_front.ws import TerminalConnection
 
 _REFUSAL_EVENTS = {CloseCode.STORM: "storm"}
 
@@ -62,7 +64,7 @@ class Server:
         return hostcheck.origin_allowed(headers.get("Origin"), headers.get("Host"), allowed)
 
     def host_allowed(self, request: web.Request) -> bool:
-        """The Host header names us (DNS rebinding defence, see :mod:`tether.hostcheck`)."""
+        """The Host header names us (DNS rebinding defence, see :mod:`tether.server.hostcheck`)."""
         return self.host_policy.allows(request.headers.get("Host"))
 
     def client_address(self, request: web.Request) -> str:

@@ -8,7 +8,7 @@ The iterations are shared among five phases, each checking what it does:
 
 - **same keys**: users typing into ``cat`` are cut (abruptly or cleanly) and resume by offset,
   over and over; every resume must start where the stream stopped and every keystroke is echoed
-  once (:class:`tether.loadkit.TypingUser`).
+  once (:class:`tether.tools.loadkit.TypingUser`).
 - **new keys**: a fresh session each cycle — first byte, sometimes an abort and a resume — then
   ``exit`` (4012).
 - **concurrent creates**: a group of connects for one new key at once: exactly one ``created``
@@ -40,9 +40,9 @@ from typing import Any
 import aiohttp
 
 from tether.client import fetch_json, websocket_url
-from tether.codes import CloseCode, retry_after_seconds
-from tether.embedded import EmbeddedServer
-from tether.loadkit import (
+from tether.protocol.codes import CloseCode, retry_after_seconds
+from tether.tools.embedded import EmbeddedServer
+from tether.tools.loadkit import (
     KeyPacer,
     ProcessSample,
     Recorder,
@@ -52,7 +52,7 @@ from tether.loadkit import (
     delete_session,
     first_project,
 )
-from tether.loaduser import (
+from tether.tools.loaduser import (
     Refused,
     TypingUser,
     UserFailed,

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tether import pty
-from tether.codes import CloseCode
 from tether.errors import InvalidParameter
-from tether.modes import ModeTracker
-from tether.ring import RingBuffer
+from tether.protocol.codes import CloseCode
+from tether.protocol.modes import ModeTracker
+from tether.protocol.ring import RingBuffer
+from tether.server import pty
 
 MAX_READ = 256 * 1024
 _MAX_INPUT_IDS = 256

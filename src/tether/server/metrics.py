@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from tether.codes import CloseCode
+from tether.protocol.codes import CloseCode
 
 # The text format would export a ``…_created`` gauge beside every counter and histogram: twice
 # the series for a timestamp nobody graphs.

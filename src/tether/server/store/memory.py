@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from tether.store.base import Tombstone
+from tether.server.store.base import Tombstone
 
 
 class MemoryStore:
-    """In-process :class:`~tether.store.base.SessionStore`."""
+    """In-process :class:`~tether.server.store.base.SessionStore`."""
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {}
