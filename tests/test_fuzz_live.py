@@ -57,7 +57,7 @@ def fuzz(examples: int) -> settings:
     )
 
 
-# Close codes a refused or ended connection may get here (PROTOCOL.md section 6).
+# Close codes a refused or ended connection may get here (docs/protocol.md, section 6).
 REFUSAL_CODES = {4000, 4001, 4003, 4004, 4010, 4129, 1013}
 CLOSE_CODES = {1000, 1009, 4012}
 ERROR_CODES = {"bad_json", "unknown_type", "bad_field"}

@@ -1,4 +1,4 @@
-"""Flow control (PROTOCOL.md section 5): a stalled client slows the program and bounds memory;
+"""Flow control (docs/protocol.md, section 5): a stalled client slows the program and bounds memory;
 a detached program never blocks; every byte arrives in order."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HTTP endpoints of PROTOCOL.md section 9 against a real server with real sessions: JSON
+"""The HTTP endpoints of docs/protocol.md, section 9 against a real server with real sessions: JSON
 shapes and values of /stats/sessions and /stats/circuit-breaker, the operator API, health."""
 
 from __future__ import annotations

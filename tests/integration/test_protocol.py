@@ -1,4 +1,4 @@
-"""PROTOCOL.md sections 1–4 against a real server with real bash in real PTYs."""
+"""docs/protocol.md, sections 1–4 against a real server with real bash in real PTYs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// The reconnection policy (PROTOCOL.md section 7): exact schedule, breaker, stop codes.
+// The reconnection policy (docs/protocol.md, section 7): exact schedule, breaker, stop codes.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BreakerState, ReconnectPolicy } from '../../web/src/client/policy.js';

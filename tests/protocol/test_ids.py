@@ -1,4 +1,4 @@
-"""Tests of tether.protocol.ids: PROTOCOL.md section 1."""
+"""Tests of tether.protocol.ids: docs/protocol.md, section 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reconnection policy (PROTOCOL.md section 7), driven by a fake clock."""
+"""The reconnection policy (docs/protocol.md, section 7), driven by a fake clock."""
 
 from __future__ import annotations
 

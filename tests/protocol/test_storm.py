@@ -1,4 +1,4 @@
-"""Tests of tether.protocol.storm with a fake clock (plain floats): PROTOCOL.md section 8."""
+"""Tests of tether.protocol.storm with a fake clock (plain floats): docs/protocol.md, section 8."""
 
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ def test_never_more_than_threshold_admitted_between_trips(
         if decision.tripped:
             trips.append(now)
         assert decision.allowed or decision.retry_after >= 1
-    # A trip clears the count (PROTOCOL.md section 8), so the budget is per stretch between
+    # A trip clears the count (docs/protocol.md, section 8), so the budget is per stretch between
     # trips: within one, no window-length interval holds more than `threshold` admitted.
     bounds = [float("-inf"), *trips, float("inf")]
     for low, high in itertools.pairwise(bounds):

@@ -1,4 +1,4 @@
-"""A bare protocol client for tests: speaks PROTOCOL.md directly over aiohttp, no policy."""
+"""A bare protocol client for tests: speaks docs/protocol.md directly over aiohttp, no policy."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``tether stats`` and ``tether sessions list | kill | clear``: the operator API, from a shell.
 
-Every command talks to a running server over its HTTP API (PROTOCOL.md section 9), so it works
+Every command talks to a running server over its HTTP API (docs/protocol.md, section 9), so it works
 the same against a local server, a remote one, or one behind a proxy. Errors (server
 unreachable, 404, 401/403) are one line on stderr and exit status 1.
 """

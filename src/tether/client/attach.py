@@ -9,7 +9,7 @@ Ctrl-\\ followed by anything else sends both keys.
 
 While a replay is written (right after a hello) the local terminal answers the queries the replay
 contains (cursor position, device attributes); those automatic answers are dropped instead of
-being typed into the shell (PROTOCOL.md section 3).
+being typed into the shell (docs/protocol.md, section 3).
 """
 
 from __future__ import annotations

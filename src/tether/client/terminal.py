@@ -10,7 +10,8 @@
 :class:`Terminal` resumes by ``offset`` after every lost connection (with ``create=0``, so a
 session that is gone raises :class:`~tether.errors.SessionEnded` instead of being silently
 replaced), keeps unacknowledged input and re-sends exactly what the server has not written
-(PROTOCOL.md section 4), honours every close code (section 6) and follows the reconnection policy of
+(docs/protocol.md, section 4), honours every close code (section 6) and follows the reconnection
+policy of
 :mod:`tether.protocol.policy` (section 7). The first connect is not retried: its failure raises
 :class:`~tether.errors.ConnectFailed` (or ``SessionEnded`` for a stop code) from ``open()``.
 """
@@ -113,7 +114,7 @@ class _OutputBuffer:
 
 
 def new_client_id() -> str:
-    """A random client id (PROTOCOL.md section 1)."""
+    """A random client id (docs/protocol.md, section 1)."""
     return "py_" + secrets.token_hex(12)
 
 

@@ -1,4 +1,4 @@
-"""WebSocket close codes (PROTOCOL.md section 6), loaded from the one shared table.
+"""WebSocket close codes (docs/protocol.md, section 6), loaded from the one shared table.
 
 ``close_codes.json`` is read by this module and bundled into the browser client, so that the
 server, the Python client and the JavaScript client agree on what every code means.

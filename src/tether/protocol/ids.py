@@ -1,4 +1,4 @@
-"""Identities of PROTOCOL.md section 1: project, client and session ids, and composite keys.
+"""Identities of docs/protocol.md, section 1: project, client and session ids, and composite keys.
 
 Session ids come in three kinds:
 

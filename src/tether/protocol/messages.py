@@ -46,7 +46,7 @@ def _integer(name: str, raw: str, low: int, high: int) -> int:
 
 
 def parse_connect_params(query: Mapping[str, str]) -> ConnectParams:
-    """Validate the query parameters of PROTOCOL.md section 2 (raises InvalidParameter)."""
+    """Validate the query parameters of docs/protocol.md, section 2 (raises InvalidParameter)."""
     project = query.get("project")
     if project is None or project == "":
         raise InvalidParameter("project", "required")
@@ -117,7 +117,9 @@ ClientMessage = Resize | Ping | Input | MessageError
 
 
 def parse_client_message(text: str) -> ClientMessage:
-    """Parse one client text frame (PROTOCOL.md section 4); errors are returned, not raised."""
+    """Parse one client text frame (docs/protocol.md, section 4).
+
+    Errors are returned, not raised."""
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):

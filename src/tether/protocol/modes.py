@@ -1,4 +1,4 @@
-"""Terminal-mode tracking for screen restore (PROTOCOL.md section 3, "Screen restore").
+"""Terminal-mode tracking for screen restore (docs/protocol.md, section 3, "Screen restore").
 
 When a client attaches after output was dropped from the ring, the bytes that set the modes in
 force (alternate screen, scroll region, mouse tracking, …) may be gone. The server feeds a

@@ -1,4 +1,4 @@
-"""The client reconnection policy of PROTOCOL.md section 7: backoff plus a circuit breaker.
+"""The client reconnection policy of docs/protocol.md, section 7: backoff plus a circuit breaker.
 
 A pure state machine: no asyncio, no clock. The caller passes the time (any monotonic clock, in
 seconds) into every method and sleeps on its own until :attr:`ReconnectPolicy.retry_at`.

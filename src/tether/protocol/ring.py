@@ -1,7 +1,7 @@
 """The output ring buffer of a session, addressed by absolute stream positions.
 
 Output is one byte stream per session; positions count bytes from 0 at the session's start
-(PROTOCOL.md section 3). The ring holds the most recent ``capacity`` bytes of it:
+(docs/protocol.md, section 3). The ring holds the most recent ``capacity`` bytes of it:
 ``tail <= position <= head``. Appending past the capacity drops the oldest bytes; a caller that
 must know what was dropped (the mode tracker) passes ``on_evict``.
 

@@ -1,4 +1,5 @@
-"""Server-side storm detection (PROTOCOL.md section 8): breakers per key, per address, per project.
+"""Server-side storm detection (docs/protocol.md, section 8): breakers per key, per address, per
+project.
 
 :class:`StormDetector` enforces one rule — at most ``threshold`` admitted connection attempts per
 key within a sliding ``window`` — for many keys (composite keys, or client addresses). The rules,

@@ -1,4 +1,4 @@
-"""Who is connecting: the owner model of PROTOCOL.md section 1."""
+"""Who is connecting: the owner model of docs/protocol.md, section 1."""
 
 from __future__ import annotations
 

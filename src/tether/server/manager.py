@@ -1,7 +1,7 @@
 """SessionManager: create-or-attach by composite key, the order of checks, limits, tombstones,
 idle reaping and shutdown. Framework-free: fronts (aiohttp today, ASGI later) call it.
 
-``connect`` runs every check of PROTOCOL.md section 2 in order and creates or attaches in one
+``connect`` runs every check of docs/protocol.md, section 2 in order and creates or attaches in one
 synchronous step — no ``await`` between the lookup and the attach — so concurrent connects for one
 new key create exactly one shell.
 """

@@ -3,7 +3,7 @@
 Names follow Prometheus conventions (``tether_…_total`` counters, ``_seconds``, ``_bytes``).
 Every label value comes from a small fixed set — never a session id, key, owner or address —
 so that a busy server cannot blow up the time-series database: a close code a client chose is
-reported as ``other`` unless it is one of PROTOCOL.md section 6.
+reported as ``other`` unless it is one of docs/protocol.md, section 6.
 
 Gauges about live state (sessions by state, open breakers, …) are read from the server's
 ``snapshot()`` at scrape time. What the server must remember between events to report (recent

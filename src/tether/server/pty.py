@@ -1,6 +1,7 @@
 """Spawn, read, write, resize, signal and reap shells in PTYs — the only OS-terminal code.
 
-Facts this module relies on (see PTY-NOTES.md): ``posix_spawn`` with ``setsid`` opens the pts as
+Facts this module relies on (checked on this machine; docs/architecture.md, "PTY facts"):
+``posix_spawn`` with ``setsid`` opens the pts as
 fd 0 after ``setsid``, so it becomes the controlling terminal; the slave must be closed in the
 parent or end-of-file never comes; ignored signals survive exec, so every disposition is reset;
 jobs get process groups of their own, so ending a terminal signals its whole session.

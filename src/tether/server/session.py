@@ -1,6 +1,7 @@
 """One terminal session: a shell on a PTY, its output ring, its attached clients, its state.
 
-The session reads the PTY whenever the slowest attached client has room (PROTOCOL.md section 5):
+The session reads the PTY whenever the slowest attached client has room (docs/protocol.md, section
+5):
 a client's ``position`` is the next stream byte it must receive, and the ring is never trimmed
 below it, so an attached client never sees a gap and a fast program is slowed instead of
 buffered without bound. With no client attached the session reads freely and the ring drops the

@@ -121,7 +121,7 @@ class Wire:
 
 
 def session_id() -> str:
-    """A fresh current-format session id (PROTOCOL.md section 1)."""
+    """A fresh current-format session id (docs/protocol.md, section 1)."""
     random_part = "".join(secrets.choice(LETTERS) for _ in range(20))
     return f"session_{int(time.time() * 1000)}_{random_part}"
 

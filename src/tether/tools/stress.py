@@ -8,7 +8,7 @@ The iterations are shared among five phases, each checking what it does:
 
 - **same keys**: users typing into ``cat`` are cut (abruptly or cleanly) and resume by offset,
   over and over; every resume must start where the stream stopped and every keystroke is echoed
-  once (:class:`tether.tools.loadkit.TypingUser`).
+  once (:class:`tether.tools.loaduser.TypingUser`).
 - **new keys**: a fresh session each cycle — first byte, sometimes an abort and a resume — then
   ``exit`` (4012).
 - **concurrent creates**: a group of connects for one new key at once: exactly one ``created``

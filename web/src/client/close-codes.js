@@ -7,7 +7,7 @@ import table from '../../../src/tether/protocol/close_codes.json' with { type: '
 const RETRY_AFTER = /retry-after=(\d+)/;
 
 /**
- * The action PROTOCOL.md section 6 prescribes for `code`.
+ * The action docs/protocol.md, section 6 prescribes for `code`.
  * @param {number} code
  * @returns {CloseAction}
  */

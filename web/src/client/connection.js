@@ -1,4 +1,4 @@
-// TetherConnection: one terminal session over /ws/terminal (PROTOCOL.md sections 2-4), kept
+// TetherConnection: one terminal session over /ws/terminal (docs/protocol.md, sections 2-4), kept
 // alive by the reconnection policy of section 7. No DOM and no xterm.js here: output, resets
 // and restores are events; TerminalBinding (terminal-binding.js) wires them to a terminal.
 //

@@ -1,4 +1,4 @@
-// Exactly-once input (PROTOCOL.md section 4). Every input byte this client sends keeps a place
+// Exactly-once input (docs/protocol.md, section 4). Every input byte this client sends keeps a place
 // in one stream that counts from 0; the server acknowledges a prefix of it (`ack`, and
 // `input_acked` in each hello). Bytes not yet acknowledged stay here and are sent again on the
 // next connection, minus the prefix its hello says was already written.

@@ -1,4 +1,4 @@
-// The reconnection policy of PROTOCOL.md section 7, as a pure state machine: no timers, no
+// The reconnection policy of docs/protocol.md, section 7, as a pure state machine: no timers, no
 // clock, no sockets. The caller reports what happened to each attempt; the policy answers with
 // a decision (stop, or retry after a delay in seconds). The caller owns the timers.
 //

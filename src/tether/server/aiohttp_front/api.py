@@ -1,4 +1,4 @@
-"""HTTP endpoints of PROTOCOL.md section 9: stats, metrics, health, projects, operator API.
+"""HTTP endpoints of docs/protocol.md, section 9: stats, metrics, health, projects, operator API.
 
 Every error is JSON: ``{"error": {"code": "...", "message": "..."}}`` with a 4xx/5xx status.
 """

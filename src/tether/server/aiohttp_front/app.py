@@ -33,7 +33,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every HTTP error into the JSON error body of PROTOCOL.md section 9."""
+    """Turn every HTTP error into the JSON error body of docs/protocol.md, section 9."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
