@@ -5,6 +5,7 @@ TetherError
 ├── Refusal                a connection attempt refused with a close code and reason
 │   └── InvalidParameter   4000: a query parameter is malformed (names it)
 ├── SpawnError             the shell could not be started
+├── RecordError            a stored session record or tombstone cannot be read (names the field)
 └── ClientError            raised by the client library
     ├── SessionEnded       the session is gone for good (stop code: 4004, 4012, 4013, …)
     └── ConnectFailed      a connect attempt failed (unreachable, timeout, retry code)
@@ -47,6 +48,17 @@ class InvalidParameter(Refusal):
 
 class SpawnError(TetherError):
     """The shell could not be started (missing program, bad directory, no PTY left)."""
+
+
+class RecordError(TetherError):
+    """A session record or tombstone read from a store is malformed, or of a format version this
+    tether does not know (a newer one wrote it). ``field`` names the culprit (None: the whole)."""
+
+    def __init__(self, what: str, field: str | None, message: str) -> None:
+        super().__init__(f"{what}: {field} {message}" if field else f"{what} {message}")
+        self.what = what
+        self.field = field
+        self.message = message
 
 
 class ClientError(TetherError):

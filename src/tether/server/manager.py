@@ -3,7 +3,17 @@ idle reaping and shutdown. Framework-free: fronts (aiohttp today, ASGI later) ca
 
 ``connect`` runs every check of docs/protocol.md, section 2 in order and creates or attaches in one
 synchronous step — no ``await`` between the lookup and the attach — so concurrent connects for one
-new key create exactly one shell.
+new key create exactly one shell, and a reconnect storm is counted connect by connect.
+
+The session store is therefore not consulted on that path: the manager's live sessions and its
+own tombstone table (monotonic times) are the source of truth for lookups, and the store (async,
+possibly remote) is a mirror of them for other processes, kept by a write-behind
+:class:`~tether.server.store.writer.StoreWriter`. The manager marks a key when it creates,
+attaches, ends or re-creates its session; changes it does not see (input counts, size, state and
+activity, made by the front through the session) are found by a sweep every
+:data:`RECORD_INTERVAL` seconds that compares each session with what was last written. Either
+way the writer coalesces per key: one write of the latest state per burst. Mirrored tombstones
+carry wall-clock times; :meth:`SessionManager.flush_store` waits until the store is current.
 """
 
 from __future__ import annotations
@@ -32,9 +42,17 @@ from tether.server.session import (
     SessionState,
 )
 from tether.server.shellenv import shell_environment
-from tether.server.store import MemoryStore, SessionStore, Tombstone
+from tether.server.store import (
+    MemoryStore,
+    SessionRecord,
+    SessionStore,
+    StoreWriter,
+    Tombstone,
+    TombstoneTable,
+)
 
 EventListener = Callable[..., None]
+RECORD_INTERVAL = 1.0  # seconds between sweeps for session changes the manager does not see
 LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
 
 
@@ -76,8 +94,13 @@ class SessionManager:
         listener: EventListener | None = None,
     ) -> None:
         self.settings = settings
-        self.store: SessionStore = store or MemoryStore()
+        self.store: SessionStore = store if store is not None else MemoryStore()
         self.sessions: dict[str, Session] = {}
+        self.tombstones = TombstoneTable()  # this process's, in monotonic time; mirrored
+        self.writer = StoreWriter(self.store, self._snapshot, on_error=self._on_store_error)
+        self.record_interval = RECORD_INTERVAL
+        self._written: dict[str, tuple[Any, ...]] = {}  # what the store was last given, by key
+        self._sweep_handle: asyncio.TimerHandle | None = None
         self.key_storms = StormDetector(settings.storm_threshold, settings.storm_window)
         self.address_storms = StormDetector(settings.address_storm_threshold, settings.storm_window)
         self.start_failures = StartFailureBreaker()
@@ -166,8 +189,9 @@ class SessionManager:
             result = session.attach(
                 sink, params.client, input_key, params.offset, False, params.size
             )
+            self.writer.put_record(session.info.key)
             return Connection(session, result, created=False)
-        tombstone = self.store.get_tombstone(key, self._clock()) if key else None
+        tombstone = self.tombstones.get(key, self._clock()) if key else None
         if tombstone is not None and tombstone.owner != identity.owner:
             raise Refusal(CloseCode.FORBIDDEN, "session belongs to another owner")
         if not params.create:
@@ -208,7 +232,8 @@ class SessionManager:
             self._emit("error", key=key, project=params.project, reason=str(exc))
             raise Refusal(CloseCode.INTERNAL_ERROR, f"cannot start shell: {exc}") from exc
         self.start_failures.record_success(params.project)
-        self.store.remove_tombstone(key)
+        self.tombstones.remove(key)
+        self.writer.remove_tombstone(key)
         info = SessionInfo(
             key=key,
             session_id=session_id,
@@ -222,7 +247,8 @@ class SessionManager:
         )
         session = Session(info, process, self.settings.buffer_size, self._clock, self._on_exit)
         self.sessions[key] = session
-        self.store.put(key, self._record(session))
+        self.writer.put_record(key)
+        self._watch_records()
         self.counters["created"] += 1
         client_id = params.client
         input_key = client_id or f"conn-{next(self._connection_ids)}"
@@ -246,16 +272,38 @@ class SessionManager:
                 self._environments[(owner, project)] = env
         return env
 
-    def _record(self, session: Session) -> dict[str, Any]:
-        info = session.info
-        return {
-            "key": info.key,
-            "session": info.session_id,
-            "project": info.project,
-            "owner": info.owner,
-            "pid": info.pid,
-            "created_at": info.created_at,
-        }
+    # ------------------------------------------------------------------ store mirror
+    def _snapshot(self, key: str) -> SessionRecord | None:
+        """The writer asks for a key's record when it writes it (see the module docstring)."""
+        session = self.sessions.get(key)
+        if session is None or session.state is SessionState.ENDED:
+            return None
+        self._written[key] = _fingerprint(session)
+        return SessionRecord.from_session(session, now=self._clock(), wall_now=self._wall())
+
+    def _watch_records(self) -> None:
+        if self._sweep_handle is None and self.sessions and self.accepting:
+            loop = asyncio.get_running_loop()
+            self._sweep_handle = loop.call_later(self.record_interval, self._on_sweep_timer)
+
+    def _on_sweep_timer(self) -> None:
+        self._sweep_handle = None
+        self._mark_changed()
+        self._watch_records()
+
+    def _mark_changed(self) -> None:
+        for key, session in self.sessions.items():
+            if self._written.get(key) != _fingerprint(session):
+                self.writer.put_record(key)
+
+    async def flush_store(self) -> None:
+        """Mark every session changed since its last write and wait for the writes (one attempt
+        each): afterwards the store holds what this manager knows, unless it failed."""
+        self._mark_changed()
+        await self.writer.flush()
+
+    def _on_store_error(self, key: str | None, error: Exception) -> None:
+        self._emit("store_error", key=key, reason=f"{type(error).__name__}: {error}")
 
     # ------------------------------------------------------------------ ending
     def _on_exit(self, session: Session, code: int | None, signum: int | None) -> None:
@@ -278,18 +326,14 @@ class SessionManager:
         key = session.info.key
         if self.sessions.get(key) is session:
             del self.sessions[key]
-        self.store.remove(key)
+            self._written.pop(key, None)
+            self.writer.remove_record(key)
         if reason is not EndReason.SHUTDOWN:
-            now = self._clock()
-            self.store.put_tombstone(
-                Tombstone(
-                    key,
-                    session.info.owner,
-                    reason.code,
-                    reason.reason,
-                    now,
-                    now + self.settings.tombstone_ttl,
-                )
+            owner, ttl = session.info.owner, self.settings.tombstone_ttl
+            now, wall = self._clock(), self._wall()
+            self.tombstones.put(Tombstone(key, owner, reason.code, reason.reason, now, now + ttl))
+            self.writer.put_tombstone(
+                Tombstone(key, owner, reason.code, reason.reason, wall, wall + ttl)
             )
         session.end(reason, self.settings.kill_grace, status)
         # Remember it until its processes are gone, so that shutdown can wait for them.
@@ -363,7 +407,8 @@ class SessionManager:
                 duration_ms=int((now - session.detached_since) * 1000),
             )
             self._end(session, EndReason.REAPED)
-        self.store.prune(now)
+        self.tombstones.prune(now)
+        self.writer.prune(self._wall())
         self.key_storms.prune(now)
         self.address_storms.prune(now)
         return [s.info.key for s in idle]
@@ -373,6 +418,10 @@ class SessionManager:
         self.accepting = False
         for session in list(self.sessions.values()):
             self._end(session, EndReason.SHUTDOWN)
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        await self.writer.close()
         ending = list(self._ending)
         if ending:
             await asyncio.gather(*(s.terminated.wait() for s in ending))
@@ -382,3 +431,17 @@ class SessionManager:
 
     def _emit(self, event: str, **fields: Any) -> None:
         self._listener(event, **fields)
+
+
+def _fingerprint(session: Session) -> tuple[Any, ...]:
+    """What changes when a session's record would (cheap to compare on every sweep)."""
+    info = session.info
+    counts = info.input_counts
+    return (
+        session.state,
+        info.cols,
+        info.rows,
+        info.last_activity,
+        session.input_bytes,
+        len(counts),
+    )

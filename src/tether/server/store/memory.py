@@ -1,46 +1,55 @@
-"""The default store: a dict in this process, no setup."""
+"""The default store: dicts in this process, no setup."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tether.server.store.base import Tombstone
+from tether.server.store.record import SessionRecord, Tombstone
+from tether.server.store.tombstones import TombstoneTable
 
 
 class MemoryStore:
-    """In-process :class:`~tether.server.store.base.SessionStore`."""
+    """In-process :class:`~tether.server.store.base.SessionStore`.
+
+    Records are kept in their ``to_dict()`` form and read back with ``from_dict()``, as a shared
+    store would, so that a record that does not survive serialisation fails here first.
+    """
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {}
-        self._tombstones: dict[str, Tombstone] = {}
+        self._tombstones = TombstoneTable()
 
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        self._records[key] = record
+    async def put_record(self, record: SessionRecord) -> None:
+        self._records[record.key] = record.to_dict()
 
-    def remove(self, key: str) -> None:
+    async def get_record(self, key: str) -> SessionRecord | None:
+        data = self._records.get(key)
+        return None if data is None else SessionRecord.from_dict(data)
+
+    async def remove_record(self, key: str) -> None:
         self._records.pop(key, None)
 
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self._records.get(key)
+    async def list_records(
+        self, *, owner: str | None = None, project: str | None = None
+    ) -> list[SessionRecord]:
+        return [
+            SessionRecord.from_dict(data)
+            for data in self._records.values()
+            if (owner is None or data["owner"] == owner)
+            and (project is None or data["project"] == project)
+        ]
 
-    def keys(self) -> list[str]:
-        return list(self._records)
+    async def list_keys(self, *, owner: str | None = None, project: str | None = None) -> list[str]:
+        return [record.key for record in await self.list_records(owner=owner, project=project)]
 
-    def put_tombstone(self, tombstone: Tombstone) -> None:
-        self._tombstones[tombstone.key] = tombstone
+    async def put_tombstone(self, tombstone: Tombstone) -> None:
+        self._tombstones.put(tombstone)
 
-    def get_tombstone(self, key: str, now: float) -> Tombstone | None:
-        tombstone = self._tombstones.get(key)
-        if tombstone is not None and tombstone.expires_at <= now:
-            del self._tombstones[key]
-            return None
-        return tombstone
+    async def get_tombstone(self, key: str, now: float) -> Tombstone | None:
+        return self._tombstones.get(key, now)
 
-    def remove_tombstone(self, key: str) -> None:
-        self._tombstones.pop(key, None)
+    async def remove_tombstone(self, key: str) -> None:
+        self._tombstones.remove(key)
 
-    def prune(self, now: float) -> int:
-        expired = [k for k, t in self._tombstones.items() if t.expires_at <= now]
-        for key in expired:
-            del self._tombstones[key]
-        return len(expired)
+    async def prune(self, now: float) -> int:
+        return self._tombstones.prune(now)
