@@ -52,9 +52,9 @@ FIGURES = {
 
 
 async def run_workload(
-    name: str, workload: Any, target_name: str, sizes: dict[str, int], shell: str
+    name: str, workload: Any, target_name: str, sizes: dict[str, int], args: argparse.Namespace
 ) -> dict[str, Any]:
-    target = make_target(target_name, shell=shell)
+    target = make_target(target_name, shell=args.shell, baseline_python=args.baseline_python)
     await target.start()
     try:
         kwargs = {k: v for k, v in sizes.items() if k in workload.__code__.co_varnames}
@@ -77,7 +77,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 order = targets[run % len(targets) :] + targets[: run % len(targets)]
                 for target_name in order:
                     started = time.monotonic()
-                    figures = await run_workload(name, workload, target_name, sizes, args.shell)
+                    figures = await run_workload(name, workload, target_name, sizes, args)
                     seconds = time.monotonic() - started
                     shown = {k: round(v, 3) for k, v in figures.items()}
                     print(f"run {run + 1} {name:20} {target_name:10} {seconds:6.1f} s {shown}")
@@ -94,14 +94,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     medians, targets = result["medians"], list(result["medians"])
-    header = "| workload | " + " | ".join(targets) + " | tether ÷ terminado | tether ÷ pty |"
-    lines = [header, "|" + "---|" * (len(targets) + 3)]
+    others = [t for t in ("baseline", "terminado", "pty") if t in targets and "tether" in targets]
+    header = "| workload | " + " | ".join(targets + [f"tether ÷ {o}" for o in others]) + " |"
+    lines = [header, "|" + "---|" * (len(targets) + len(others) + 1)]
     for key, (label, unit, _) in FIGURES.items():
         values = {t: medians[t].get(key) for t in targets}
         if all(v is None for v in values.values()):
             continue
         cells = [_fmt(values[t]) for t in targets]
-        ratios = [_ratio(values.get("tether"), values.get(other)) for other in ("terminado", "pty")]
+        ratios = [_ratio(values.get("tether"), values.get(other)) for other in others]
         lines.append(f"| {label} ({unit}) | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
@@ -149,7 +150,14 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--targets", default="tether,terminado,pty")
+    parser.add_argument(
+        "--targets", default="tether,terminado,pty", help="tether, baseline, terminado, pty"
+    )
+    parser.add_argument(
+        "--baseline-python",
+        default="",
+        help="the python of a venv with an older tether (bench/baseline.sh makes one)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs of the light workloads")
     parser.add_argument("--heavy-runs", type=int, default=1, help="runs of the heavy workloads")
     parser.add_argument("--sessions", type=int, default=1000, help="sessions / herd clients")

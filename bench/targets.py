@@ -168,7 +168,7 @@ class Target:
 class TetherTarget(Target):
     name = "tether"
 
-    def __init__(self, *args: str, shell: str = SHELL) -> None:
+    def __init__(self, *args: str, shell: str = SHELL, python: str | None = None) -> None:
         # The per-key storm rule (10 attempts in 10 s) would refuse the bench's 30 re-attaches of
         # one session: raised, the same checks still run on every connect.
         limits = ("--max-sessions", "5000", "--idle-timeout", "3600", "--storm-threshold", "100000")
@@ -176,9 +176,12 @@ class TetherTarget(Target):
         self.server: EmbeddedServer | None = None
         self.http: aiohttp.ClientSession | None = None
         self.url = ""
+        self.python = python
+        if python is not None:
+            self.name = "baseline"
 
     async def start(self) -> None:
-        self.server = EmbeddedServer(*self.args)
+        self.server = EmbeddedServer(*self.args, python=self.python)
         await self.server.start()
         self.url = websocket_url(self.server.base_url)
         self.http = new_http()
@@ -285,9 +288,16 @@ class PtyTarget(Target):
         return psutil.Process()
 
 
-def make_target(name: str, tether_args: tuple[str, ...] = (), shell: str = SHELL) -> Target:
+def make_target(
+    name: str, tether_args: tuple[str, ...] = (), shell: str = SHELL, baseline_python: str = ""
+) -> Target:
     if name == "tether":
         return TetherTarget(*tether_args, shell=shell)
+    if name == "baseline":
+        # tether as installed in another venv (bench/baseline.sh): the code before a change.
+        if not baseline_python:
+            raise ValueError("the baseline target needs --baseline-python (see bench/baseline.sh)")
+        return TetherTarget(*tether_args, shell=shell, python=baseline_python)
     if name == "terminado":
         return TerminadoTarget(shell)
     if name == "pty":

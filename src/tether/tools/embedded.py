@@ -21,8 +21,10 @@ SHELL = "bash --norc --noprofile"
 class EmbeddedServer:
     """``python -m tether serve`` on a free loopback port with a temporary HOME and project."""
 
-    def __init__(self, *extra_args: str) -> None:
+    def __init__(self, *extra_args: str, python: str | None = None) -> None:
         self.extra_args = extra_args
+        # Another interpreter (e.g. a venv with an older tether, for side-by-side benchmarks).
+        self.python = python or sys.executable
         self.base_url = ""
         self.process: asyncio.subprocess.Process | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="tether-load-"))
@@ -44,7 +46,7 @@ class EmbeddedServer:
         project = self.workdir / "project"
         project.mkdir(exist_ok=True)
         return [
-            sys.executable, "-m", "tether", "serve",
+            self.python, "-m", "tether", "serve",
             "--host", "127.0.0.1", "--port", "0",
             "--project", f"default={project}",
             "--shell", SHELL,
