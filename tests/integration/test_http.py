@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.server import inprocess_server
 from tests.support.wsclient import must_connect, must_refuse
+from tether.server.clock import FakeClock
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -164,7 +165,7 @@ async def test_kill_and_clear_move_the_stats(two_projects) -> None:
 
 
 async def test_circuit_breaker_shows_a_key_breaker_through_its_states() -> None:
-    async with inprocess_server(storm_threshold=2, storm_window=5) as srv:
+    async with inprocess_server(clock=FakeClock(), storm_threshold=2, storm_window=5) as srv:
         url = f"{srv.base_url}/stats/circuit-breaker"
         quiet = await get(url)
         assert quiet["thresholds"]["key"] == {
@@ -196,7 +197,11 @@ async def test_circuit_breaker_shows_a_key_breaker_through_its_states() -> None:
         assert ISO.fullmatch(row["opened_at"])
         assert tripped["open"]["key"] == 1
 
-        await asyncio.sleep(1.1)
+        srv.clock.advance(0.5)
+        (still_open,) = (await get(url))["key"]
+        assert still_open["state"] == "open" and still_open["retry_after"] == 1
+        assert (await must_refuse(srv.ws_url, project="default", session=session)).code == 4129
+        srv.clock.advance(0.5)
         (half_open,) = (await get(url))["key"]
         assert half_open["state"] == "half_open" and half_open["retry_after"] == 0
         await (await must_connect(srv.ws_url, project="default", session=session)).close()
@@ -213,7 +218,7 @@ async def test_circuit_breaker_shows_address_and_project_breakers(tmp_path) -> N
         "address_storm_threshold": 7,
         "projects": [f"broken={broken}", f"fine={fine}"],
     }
-    async with inprocess_server(**settings) as srv:
+    async with inprocess_server(clock=FakeClock(), **settings) as srv:
         broken.rmdir()
         for _ in range(2):  # admitted attempts count for the address; refused ones never do
             await (await must_connect(srv.ws_url, project="fine")).close()
@@ -224,13 +229,17 @@ async def test_circuit_breaker_shows_address_and_project_breakers(tmp_path) -> N
         breakers = await get(f"{srv.base_url}/stats/circuit-breaker")
         (project,) = breakers["project"]
         assert project["project"] == "broken" and project["state"] == "open"
-        assert project["failures"] == 5 and 28 <= project["retry_after"] <= 30
+        assert project["failures"] == 5 and project["retry_after"] == 30
         assert ISO.fullmatch(project["opened_at"])
         (address,) = breakers["address"]
         assert address["key"] == "127.0.0.1" and address["state"] == "closed"
         assert address["attempts"] == 2 and address["trips"] == 0 and address["opened_at"] is None
         assert breakers["open"] == {"key": 0, "address": 0, "project": 1}
         assert breakers["thresholds"]["address"]["threshold"] == 7
+        srv.clock.advance(12)
+        (waiting,) = (await get(f"{srv.base_url}/stats/circuit-breaker"))["project"]
+        assert waiting["state"] == "open" and waiting["retry_after"] == 18
+        assert waiting["opened_at"] == project["opened_at"]
 
 
 async def test_health_ready_drain_and_errors_are_json() -> None:
@@ -245,7 +254,6 @@ async def test_health_ready_drain_and_errors_are_json() -> None:
         assert await get(f"{base}/healthz") == {"status": "ok"}
         stats = await get(f"{base}/stats/sessions")
         assert stats["server"]["ready"] is False
-        await asyncio.sleep(0.3)
 
 
 async def test_one_session_by_key() -> None:

@@ -8,13 +8,16 @@ import json
 import os
 import signal
 import weakref
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.support.server import inprocess_server, start_server
+from tests.support.server import eventually, inprocess_server, start_server
 from tests.support.wsclient import must_connect, must_refuse, strip_ansi
 from tether.server import pty
+from tether.server.clock import FakeClock
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -27,9 +30,13 @@ async def _processes_of(conn) -> list[int]:
     await conn.read_until("\r\n", 5)
     text = strip_ansi(bytes(conn.output))
     sid = int(text.rsplit("SID=", 1)[1].split()[0])
-    await asyncio.sleep(0.2)
-    members = pty.scan_all_processes(sid)
-    assert len(members) >= 3, members
+    members: list[int] = []
+
+    async def all_started() -> bool:
+        members[:] = pty.scan_all_processes(sid)
+        return len(members) >= 3  # the shell and both sleeps
+
+    await eventually(all_started)
     return members
 
 
@@ -76,14 +83,27 @@ async def test_clear_kills_only_the_named_project(tmp_path) -> None:
         await b.close()
 
 
+async def _state(srv: Any, key: str, state: str) -> None:
+    async def reached() -> bool:
+        session = srv.server.manager.sessions.get(key)
+        return session is not None and session.state.value == state
+
+    await eventually(reached)
+
+
 async def test_idle_detached_session_is_reaped_and_reported_4004() -> None:
-    async with inprocess_server(idle_timeout=0.5) as srv:
+    async with inprocess_server(clock=FakeClock(), idle_timeout=60) as srv:
         conn = await must_connect(srv.ws_url, project="default")
         members = await _processes_of(conn)
         attached = await must_connect(srv.ws_url, project="default")
         await conn.close()
-        await asyncio.sleep(1.5)
-        assert conn.hello["key"] not in srv.server.manager.sessions
+        await _state(srv, conn.hello["key"], "detached")
+        srv.clock.advance(60)
+
+        async def reaped() -> bool:
+            return conn.hello["key"] not in srv.server.manager.sessions
+
+        await eventually(reaped)
         assert attached.hello["key"] in srv.server.manager.sessions, "attached ones stay"
         assert await _gone(members)
         late = await must_refuse(
@@ -93,36 +113,64 @@ async def test_idle_detached_session_is_reaped_and_reported_4004() -> None:
         await attached.close()
 
 
+async def _next_control_frame(ws: aiohttp.ClientWebSocketResponse) -> aiohttp.WSMessage:
+    """The next frame that is not terminal output."""
+    while True:
+        message = await asyncio.wait_for(ws.receive(), 5)
+        if message.type is not aiohttp.WSMsgType.BINARY:
+            return message
+
+
 async def test_heartbeat_drops_a_peer_that_never_answers_but_keeps_the_session() -> None:
-    async with inprocess_server(heartbeat=0.2) as srv, aiohttp.ClientSession() as http:
+    async with (
+        inprocess_server(clock=FakeClock(), heartbeat=30) as srv,
+        aiohttp.ClientSession() as http,
+    ):
         ws = await http.ws_connect(f"{srv.ws_url}?project=default", autoping=False)
         hello = json.loads((await ws.receive()).data)
-        pings = 0
-        while True:
-            message = await asyncio.wait_for(ws.receive(), 5)
-            if message.type == aiohttp.WSMsgType.PING:
-                pings += 1
-            elif message.type in (
-                aiohttp.WSMsgType.CLOSED,
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.ERROR,
-                aiohttp.WSMsgType.CLOSING,
-            ):
-                break
-        assert pings == 2
-        session = srv.server.manager.sessions[hello["key"]]
-        assert session.state.value == "detached"
+        for _ in range(2):
+            srv.clock.advance(30)
+            assert (await _next_control_frame(ws)).type is aiohttp.WSMsgType.PING
+        srv.clock.advance(30)  # a third period with two pings unanswered: dropped
+        assert (await _next_control_frame(ws)).type in (
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.CLOSE,
+            aiohttp.WSMsgType.ERROR,
+            aiohttp.WSMsgType.CLOSING,
+        )
+        await _state(srv, hello["key"], "detached")
         await ws.close()
 
 
 async def test_answering_pings_keeps_the_connection() -> None:
-    async with inprocess_server(heartbeat=0.1) as srv:
-        conn = await must_connect(srv.ws_url, project="default")
-        for _ in range(8):  # aiohttp answers pings while it receives
-            await conn.pump(0.1)
-        await conn.send("echo STILL\r")
-        await conn.read_until("STILL\r\n")
-        await conn.close()
+    async with (
+        inprocess_server(clock=FakeClock(), heartbeat=30) as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        ws = await http.ws_connect(f"{srv.ws_url}?project=default", autoping=False)
+        await ws.receive()  # the hello
+        for round_trip in range(5):
+            srv.clock.advance(30)
+            ping = await _next_control_frame(ws)
+            assert ping.type is aiohttp.WSMsgType.PING
+            await ws.pong(ping.data)
+            # Frames are handled in order: once this is answered, so was the pong.
+            await ws.send_str(json.dumps({"type": "ping", "t": round_trip}))
+            answer = await _next_control_frame(ws)
+            assert json.loads(answer.data) == {"type": "pong", "t": round_trip}
+        await ws.send_bytes(b"echo STILL-$((6*7))\r")
+        output = b""
+        while b"STILL-42" not in output:
+            message = await asyncio.wait_for(ws.receive(), 5)
+            assert message.type is aiohttp.WSMsgType.BINARY, message
+            output += message.data
+        await ws.close()
+
+
+def _logged(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a JSON log written by another process (the last may be partial)."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
 
 
 async def test_lifecycle_log_has_one_json_object_per_event(tmp_path) -> None:
@@ -133,11 +181,15 @@ async def test_lifecycle_log_has_one_json_object_per_event(tmp_path) -> None:
             await conn.send("echo hi\r")
             await conn.read_until("hi\r\n")
             await conn.close()
-            await asyncio.sleep(0.2)
+
+            async def logged(event: str) -> bool:
+                return any(line["event"] == event for line in _logged(server.log_file))
+
+            await eventually(lambda: logged("detach"))
             async with http.delete(f"{server.base_url}/api/sessions/{conn.hello['key']}"):
                 pass
-        await asyncio.sleep(0.5)
-        lines = [json.loads(line) for line in server.log_file.read_text().splitlines()]
+            await eventually(lambda: logged("kill"))
+        lines = _logged(server.log_file)
     events = [line["event"] for line in lines]
     for event in ("listen", "create", "connect", "resize", "detach", "kill"):
         assert event in events, events
@@ -164,9 +216,13 @@ async def test_sigterm_tells_clients_1001_and_ends_every_shell() -> None:
         server.cleanup()
 
 
-async def test_drain_stops_accepting_and_says_1001() -> None:
-    async with inprocess_server(drain_grace=0.2) as srv, aiohttp.ClientSession() as http:
+async def test_drain_stops_accepting_says_1001_and_ends_shells_after_the_grace() -> None:
+    async with (
+        inprocess_server(clock=FakeClock(), drain_grace=20) as srv,
+        aiohttp.ClientSession() as http,
+    ):
         conn = await must_connect(srv.ws_url, project="default")
+        members = await _processes_of(conn)
         async with http.post(f"{srv.base_url}/api/drain") as response:
             assert response.status == 202
         assert await conn.wait_closed() == 1001
@@ -174,8 +230,14 @@ async def test_drain_stops_accepting_and_says_1001() -> None:
             assert response.status == 503
         refused = await must_refuse(srv.ws_url, project="default")
         assert refused.code == 1001
-        await asyncio.sleep(0.5)
-        assert srv.server.manager.sessions == {}
+        assert not any(pty.is_zombie_or_gone(pid) for pid in members), "shells live in the grace"
+        srv.clock.advance(20)
+
+        async def ended() -> bool:
+            return srv.server.manager.sessions == {}
+
+        await eventually(ended)
+        assert await _gone(members)
         await conn.close()
 
 

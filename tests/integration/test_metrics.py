@@ -3,16 +3,13 @@ move as sessions are created, attached, detached, resumed, killed, reaped and st
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any
-
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.server import inprocess_server
+from tests.support.server import eventually, inprocess_server
 from tests.support.wsclient import connect, must_connect, must_refuse
+from tether.server.clock import FakeClock
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,13 +55,10 @@ class Meter:
         return value(self.now, name, **labels)
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> None:
-    """Await ``check()`` (a coroutine function returning truthy) until it holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
+async def output_position(base_url: str, key: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(f"{base_url}/stats/sessions") as response:
+        stats = await response.json()
+    return int(next(s for s in stats["sessions"] if s["key"] == key)["output_position"])
 
 
 async def test_counters_follow_a_session_from_create_to_kill() -> None:
@@ -136,11 +130,15 @@ async def test_resume_after_lost_output_counts_a_gap() -> None:
     async with inprocess_server(buffer_size=1024) as srv:
         meter = await Meter(srv.base_url).start()
         conn = await must_connect(srv.ws_url, project="default")
-        await conn.send("sleep 0.3; head -c 6000 /dev/zero | tr '\\0' x; echo; echo GAP-DONE\r")
-        await asyncio.sleep(0.1)
+        await conn.send("sleep 0.3; head -c 6000 /dev/zero | tr '\\0' x; echo GAP-DONE\r")
+        await conn.read_until("GAP-DONE")  # the echo of the command line
         position = conn.position
         await conn.close()
-        await asyncio.sleep(1.0)  # the shell prints 6000 bytes into a 1 KiB ring, detached
+
+        async def printed() -> bool:  # 6000 bytes into a 1 KiB ring, detached
+            return await output_position(srv.base_url, conn.hello["key"]) >= position + 6000
+
+        await eventually(printed)
         again = await must_connect(
             srv.ws_url, project="default", session=conn.hello["session"], offset=position
         )
@@ -152,7 +150,7 @@ async def test_resume_after_lost_output_counts_a_gap() -> None:
 
 
 async def test_key_storm_counts_rejections_and_one_breaker_opening() -> None:
-    async with inprocess_server(storm_threshold=3) as srv:
+    async with inprocess_server(clock=FakeClock(), storm_threshold=3) as srv:
         meter = await Meter(srv.base_url).start()
         first = await must_connect(srv.ws_url, project="default")
         session = first.hello["session"]
@@ -170,7 +168,7 @@ async def test_key_storm_counts_rejections_and_one_breaker_opening() -> None:
         assert meter.gauge("tether_breakers_tripped", scope="key") == 1
         assert meter.delta("tether_storm_rejections_total", scope="address") == 0
 
-        await asyncio.sleep(1.1)  # retry-after=1 elapsed: the trial attempt is admitted
+        srv.clock.advance(1)  # retry-after=1 elapsed: the trial attempt is admitted
         await (await must_connect(srv.ws_url, project="default", session=session)).close()
         await meter.read()
         assert meter.gauge("tether_breakers_open", scope="key") == 0
@@ -191,10 +189,19 @@ async def test_address_storm_is_counted_under_its_own_scope() -> None:
 
 
 async def test_idle_reap_and_shell_exit_end_sessions_by_reason() -> None:
-    async with inprocess_server(idle_timeout=0.3) as srv:
+    async with inprocess_server(clock=FakeClock(), idle_timeout=60) as srv:
         meter = await Meter(srv.base_url).start()
         idle = await must_connect(srv.ws_url, project="default")
         await idle.close()
+
+        async def detached() -> bool:
+            return value(await meter.read(), "tether_sessions", state="detached") == 1
+
+        await eventually(detached)
+        srv.clock.advance(25)
+        await meter.read()
+        assert meter.gauge("tether_detached_oldest_seconds") == 25
+        srv.clock.advance(35)
         quitting = await must_connect(srv.ws_url, project="default")
         await quitting.send("exit 3\r")
         assert await quitting.wait_closed() == 4012
@@ -212,7 +219,7 @@ async def test_idle_reap_and_shell_exit_end_sessions_by_reason() -> None:
         await eventually(both_ended)
         assert meter.delta("tether_sessions_ended_total", reason="reap") == 1
         assert meter.delta("tether_connections_closed_total", code="4012") == 1
-        assert meter.gauge("tether_idle_timeout_seconds") == 0.3
+        assert meter.gauge("tether_idle_timeout_seconds") == 60
 
 
 async def test_project_breaker_opens_after_five_failed_starts(tmp_path) -> None:

@@ -112,7 +112,7 @@ async def test_per_key_storm_refuses_the_11th_with_retry_after() -> None:
         other = await must_connect(srv.ws_url, project="default")
         assert other.hello["created"], "other keys are not affected"
         await other.close()
-        breakers = srv.server.manager.key_storms.snapshot(srv.server.manager_clock())
+        breakers = srv.server.manager.key_storms.snapshot(srv.server.clock.monotonic())
         assert any(b.key == f"{sid}:default" and b.state.value == "open" for b in breakers)
 
 
@@ -142,7 +142,7 @@ async def test_failing_shell_start_opens_the_project_breaker() -> None:
         codes = [(await must_refuse(srv.ws_url, project="default")).code for _ in range(6)]
         assert codes[:5] == [1011] * 5
         assert codes[5] == 1013
-        facts = srv.server.manager.start_failures.snapshot(srv.server.manager_clock())
+        facts = srv.server.manager.start_failures.snapshot(srv.server.clock.monotonic())
         assert facts and facts[0].state.value == "open"
 
 

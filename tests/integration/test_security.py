@@ -29,6 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from multidict import CIMultiDict
 
 from tests.support.server import InProcessServer, inprocess_server, start_server
 from tests.support.wsclient import Conn, connect, must_connect, must_refuse, strip_ansi
@@ -359,6 +360,11 @@ async def test_forwarded_addresses_count_only_behind_trusted_proxies(tmp_path: P
         assert refused.code == 4129, "the forwarded client address is rate limited"
         neighbour = {**_bearer(BOB), "X-Forwarded-For": "203.0.113.6"}
         conns.append(await must_connect(srv.ws_url, headers=neighbour, project="web"))
+        # A proxy may append its own line after one the client sent: the last line counts.
+        two_lines = CIMultiDict(_bearer(BOB))
+        two_lines.add("X-Forwarded-For", "203.0.113.5")  # forged by the client
+        two_lines.add("X-Forwarded-For", "203.0.113.7")  # added by the proxy
+        conns.append(await must_connect(srv.ws_url, headers=two_lines, project="web"))
         await _close(*conns)
     async with token_server(tmp_path, address_storm_threshold=2) as srv:
         spoofed = {**_bearer(BOB), "X-Forwarded-For": "203.0.113.5"}

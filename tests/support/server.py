@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,10 @@ from typing import Any
 from aiohttp import web
 
 from tether.server.aiohttp_front.app import create_app
+from tether.server.aiohttp_front.context import SERVER_KEY
+from tether.server.clock import Clock, FakeClock
 from tether.server.config import build_settings
-from tether.server.core import SERVER_KEY, Server
+from tether.server.core import Server
 
 SHELL = "bash --norc --noprofile"
 READY_TIMEOUT = 20.0
@@ -204,10 +206,21 @@ class InProcessServer:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/terminal"
 
+    @property
+    def clock(self) -> FakeClock:
+        """The server's clock, for a test that started it with ``clock=FakeClock()``."""
+        assert isinstance(self.server.clock, FakeClock), "start it with clock=FakeClock()"
+        return self.server.clock
+
 
 @contextlib.asynccontextmanager
-async def inprocess_server(**settings: Any) -> AsyncIterator[InProcessServer]:
-    """Run an application in this event loop on a free port; ends every shell on exit."""
+async def inprocess_server(
+    *, clock: Clock | None = None, **settings: Any
+) -> AsyncIterator[InProcessServer]:
+    """Run an application in this event loop on a free port; ends every shell on exit.
+
+    With ``clock=FakeClock()`` time moves only when the test says (``srv.clock.advance``).
+    """
     workdir = Path(tempfile.mkdtemp(prefix="tether-inproc-"))
     home = workdir / "home"
     project = workdir / "project"
@@ -219,7 +232,7 @@ async def inprocess_server(**settings: Any) -> AsyncIterator[InProcessServer]:
     settings.setdefault("kill_grace", 1)
     previous_home = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
-    app = create_app(build_settings(settings, cwd=workdir))
+    app = create_app(build_settings(settings, cwd=workdir), clock=clock)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -232,6 +245,15 @@ async def inprocess_server(**settings: Any) -> AsyncIterator[InProcessServer]:
             os.environ["HOME"] = previous_home
         shutil.rmtree(workdir, ignore_errors=True)
         await asyncio.sleep(0)
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
+    """Await ``check()`` until it is truthy; fail after ``timeout`` real seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.02)
 
 
 @contextlib.contextmanager

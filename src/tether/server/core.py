@@ -1,48 +1,67 @@
 """The running server: settings, the session manager, metrics and logs, wired together.
 
-Framework-neutral glue used by the aiohttp front
-(:mod:`tether.server.aiohttp_front.app`, :mod:`tether.server.aiohttp_front.ws`); the
-security rules (identity, origin) live here so that any front applies the same ones.
+Framework-neutral: a front (:mod:`tether.server.aiohttp_front` today) reads its framework's
+requests into plain mappings and talks to :class:`Server` through the small API below, so the
+security rules (host, identity, origin, forwarded addresses) are the same for every front.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
-from aiohttp import web
-
-from tether import __version__
+from tether._version import __version__
 from tether.errors import Refusal
 from tether.protocol.codes import CloseCode
+from tether.protocol.messages import check_subprotocols
 from tether.server import auth, hostcheck, logs
+from tether.server.clock import Clock, SystemClock
 from tether.server.config import Settings
+from tether.server.front import Front, Upgrade
 from tether.server.identity import Identity
-from tether.server.manager import Connection, SessionManager
+from tether.server.manager import Connection, ConnectRequest, SessionManager
 from tether.server.metrics import Metrics, close_code_label
 from tether.server.pty import process_rss_bytes
 from tether.server.session import SessionState
 from tether.server.store import SessionStore
 
-if TYPE_CHECKING:
-    from tether.server.aiohttp_front.ws import TerminalConnection
-
-_REFUSAL_EVENTS = {CloseCode.STORM: "storm"}
-
 
 class Server:
-    """One tether server process (or one embedded instance in tests)."""
+    """One tether server process (or one embedded instance in tests).
 
-    def __init__(self, settings: Settings, store: SessionStore | None = None) -> None:
+    What a front calls, and nothing else:
+
+    - for any HTTP request: :meth:`host_allowed`, :meth:`identify`, :meth:`client_address`;
+    - for a terminal connection, in order: :meth:`serving` (for its whole life),
+      :meth:`admit`, :meth:`on_admitted` once the hello can be sent, :meth:`on_detached`;
+      :meth:`on_refused` for a refusal the front makes itself;
+    - for the process: :meth:`heartbeat` and :meth:`reaper` (run as tasks), :meth:`drain`,
+      :meth:`begin_drain`, :meth:`wait_drained`, :meth:`shutdown`.
+
+    The HTTP API reads ``settings``, ``manager``, ``metrics``, ``clock`` and
+    :meth:`process_facts`.
+    """
+
+    def __init__(
+        self, settings: Settings, store: SessionStore | None = None, *, clock: Clock | None = None
+    ) -> None:
         self.settings = settings
-        self.manager = SessionManager(settings, store=store, listener=self._on_event)
-        self.metrics = Metrics(self.snapshot)
+        self.clock: Clock = clock or SystemClock()
+        self.manager = SessionManager(
+            settings,
+            store=store,
+            clock=self.clock.monotonic,
+            wall_clock=self.clock.time,
+            listener=self._on_event,
+        )
+        self.metrics = Metrics(self.snapshot, self.clock)
         self.metrics.info.labels(__version__).set(1)
-        self.connections: set[TerminalConnection] = set()
-        self.started_at = time.time()
+        self.connections: set[Front] = set()
+        self.started_at = self.clock.time()
         self.authenticator = auth.from_settings(settings)  # ConfigError: bad tokens file, key
         # Sessions per owner apply only with auth on: without it everyone is one owner.
         self.owner_limit: int | None = (
@@ -52,25 +71,147 @@ class Server:
         self._trusted_proxies = hostcheck.parse_networks(settings.trusted_proxies)
         self._drain_task: asyncio.Task[None] | None = None
 
-    # ------------------------------------------------------------------ identity / origin
-    def identify(self, request: web.Request) -> Identity | None:
+    # ------------------------------------------------------------------ any request
+    def identify(
+        self, headers: Mapping[str, str], cookies: Mapping[str, str], query: Mapping[str, str]
+    ) -> Identity | None:
         """The principal behind a request; None when its credential is missing or invalid."""
-        credential = auth.credential_from(request.headers, request.cookies, request.query)
-        return self.authenticator.authenticate(credential)
+        return self.authenticator.authenticate(auth.credential_from(headers, cookies, query))
 
-    def origin_allowed(self, request: web.Request) -> bool:
+    def origin_allowed(self, headers: Mapping[str, str]) -> bool:
         """Non-browser clients send no Origin; a browser's must be ours or configured."""
-        headers, allowed = request.headers, self.settings.allowed_origins
+        allowed = self.settings.allowed_origins
         return hostcheck.origin_allowed(headers.get("Origin"), headers.get("Host"), allowed)
 
-    def host_allowed(self, request: web.Request) -> bool:
+    def host_allowed(self, headers: Mapping[str, str]) -> bool:
         """The Host header names us (DNS rebinding defence, see :mod:`tether.server.hostcheck`)."""
-        return self.host_policy.allows(request.headers.get("Host"))
+        return self.host_policy.allows(headers.get("Host"))
 
-    def client_address(self, request: web.Request) -> str:
-        """The peer, or the forwarded client address when the peer is a trusted proxy."""
-        forwarded = request.headers.get("X-Forwarded-For")
-        return hostcheck.forwarded_client(request.remote or "", forwarded, self._trusted_proxies)
+    def client_address(self, peer: str, forwarded_for: Sequence[str] = ()) -> str:
+        """The peer, or the forwarded client address when the peer is a trusted proxy.
+
+        ``forwarded_for`` holds every ``X-Forwarded-For`` line in order: a proxy may append
+        its own line after one the client sent, and the walk from the right must see it.
+        """
+        forwarded = ", ".join(forwarded_for) or None
+        return hostcheck.forwarded_client(peer, forwarded, self._trusted_proxies)
+
+    # ------------------------------------------------------------------ terminal connections
+    @contextlib.contextmanager
+    def serving(self, front: Front) -> Iterator[None]:
+        """While the block runs, ``front`` gets heartbeats and is told 1001 on drain."""
+        self.connections.add(front)
+        try:
+            yield
+        finally:
+            self.connections.discard(front)
+
+    def admit(self, front: Front, upgrade: Upgrade) -> Connection:
+        """Create or attach a session for a ``/ws/terminal`` attempt, before the upgrade.
+
+        Raises :class:`Refusal` (already counted and logged): the front closes with its code.
+        """
+        try:
+            check_subprotocols(list(upgrade.subprotocols))
+        except Refusal as refusal:
+            subprotocol_error: Refusal | None = refusal
+        else:
+            subprotocol_error = None
+        request = ConnectRequest(
+            query=upgrade.query,
+            address=front.address,
+            identity=self.identify(upgrade.headers, upgrade.cookies, upgrade.query),
+            origin_ok=self.origin_allowed(upgrade.headers),
+            subprotocol_error=subprotocol_error,
+            owner_limit=self.owner_limit,
+        )
+        try:
+            return self.manager.connect(request, front)
+        except Refusal as refusal:
+            self.on_refused(refusal, front.address)
+            raise
+
+    def on_refused(self, refusal: Refusal, address: str) -> None:
+        self.metrics.connection_attempts.inc()
+        self.metrics.refusals.labels(close_code_label(refusal.code)).inc()
+        level = logging.DEBUG if refusal.code == CloseCode.STORM else logging.INFO
+        logs.log_at(level, "refuse", addr=address, code=refusal.code, reason=refusal.reason)
+
+    def on_admitted(
+        self, front: Front, upgrade: Upgrade, connection: Connection, elapsed: float
+    ) -> None:
+        """The upgrade was answered: count and log the connection (``elapsed``: since the
+        attempt arrived, measured by the front)."""
+        self.metrics.connection_attempts.inc()
+        hello, info = connection.attach.hello, connection.session.info
+        kind = "create" if connection.created else "attach"
+        self.metrics.connections_opened.labels(kind).inc()
+        now = self.clock.monotonic()
+        activity = self.metrics.activity
+        activity.connection_started(id(connection.attach.client), now)
+        if connection.created:
+            self.metrics.connect_latency.observe(elapsed)
+        else:
+            self.metrics.reconnects.inc()
+            self.metrics.reattach_latency.observe(elapsed)
+            activity.record_reattach(info.key, now)
+            if "offset" in upgrade.query:
+                self.metrics.resumes.labels("true" if hello["gap"] else "false").inc()
+        for scope, name in (("key", info.key), ("address", front.address)):
+            if activity.breaker_closed(scope, name):
+                self._log_breaker(scope, name, "closed")
+        self.log(
+            "connect",
+            key=info.key,
+            session=info.session_id,
+            project=info.project,
+            owner=info.owner,
+            client=connection.attach.client.client_id,
+            addr=front.address,
+            pid=info.pid,
+            kind=kind,
+            replay_from=hello["replay_from"],
+            gap=hello["gap"],
+            head=hello["head"],
+            clients=len(connection.session.clients),
+            duration_ms=round(elapsed * 1000, 3),
+        )
+
+    def on_detached(self, front: Front, connection: Connection, peer_code: int | None) -> None:
+        """The connection is closed and its client detached (``peer_code``: the close code the
+        peer sent, None when it vanished)."""
+        code = self._close_code(connection, peer_code)
+        self.metrics.connections_closed.labels(close_code_label(code)).inc()
+        lasted = self.metrics.activity.connection_ended(
+            id(connection.attach.client), self.clock.monotonic()
+        )
+        info = connection.session.info
+        self.log(
+            "detach",
+            key=info.key,
+            session=info.session_id,
+            project=info.project,
+            owner=info.owner,
+            client=connection.attach.client.client_id,
+            addr=front.address,
+            pid=info.pid,
+            code=code,
+            clients=len(connection.session.clients),
+            duration_ms=None if lasted is None else round(lasted * 1000, 3),
+        )
+        self.manager.release_memory_soon()
+
+    def _close_code(self, connection: Connection, peer_code: int | None) -> int | None:
+        """The code that ended a connection: the server's when it closed first, else the peer's.
+
+        (The code the peer answered a close with need not echo ours.)
+        """
+        final = connection.attach.client.final
+        if final is not None:  # the session ended: exit, kill, reap, shutdown
+            return final[1]
+        if not self.manager.accepting:
+            return int(CloseCode.GOING_AWAY)  # drain tells every client 1001
+        return peer_code
 
     # ------------------------------------------------------------------ events
     def log(self, event: str, **fields: Any) -> None:
@@ -85,7 +226,7 @@ class Server:
             self.metrics.activity.forget_session(str(fields.get("key")))
             session = self.manager.sessions.get(str(fields.get("key")))
             if session is not None:
-                fields["age_s"] = round(time.time() - session.info.created_at, 3)
+                fields["age_s"] = round(self.clock.time() - session.info.created_at, 3)
             if event == "reap":
                 self.metrics.idle_reaps.inc()
         elif event == "create":
@@ -104,7 +245,7 @@ class Server:
             return
         self.metrics.breaker_opens.labels(scope).inc()
         name = str(fields.get("key") if scope == "key" else fields.get("addr"))
-        now = self.manager_clock()
+        now = self.clock.monotonic()
         self.metrics.activity.breaker_opened(scope, name, now, now)
         logs.log_at(logging.WARNING, "storm", **fields)
         self._log_breaker(scope, name, "open", retry_after=fields.get("retry_after"))
@@ -115,7 +256,7 @@ class Server:
             if activity.breaker_closed("project", project):
                 self._log_breaker("project", project, "closed")
             return
-        now = self.manager_clock()
+        now = self.clock.monotonic()
         for breaker in self.manager.start_failures.snapshot(now):
             is_open = breaker.project == project and breaker.state.value == "open"
             if (
@@ -138,85 +279,6 @@ class Server:
         level = logging.WARNING if state == "open" else logging.INFO
         logs.log_at(level, "breaker", scope=scope, state=state, **{field: name}, **fields)
 
-    def on_refused(self, refusal: Refusal, address: str) -> None:
-        self.metrics.connection_attempts.inc()
-        self.metrics.refusals.labels(close_code_label(refusal.code)).inc()
-        level = logging.DEBUG if refusal.code == CloseCode.STORM else logging.INFO
-        logs.log_at(level, "refuse", addr=address, code=refusal.code, reason=refusal.reason)
-
-    def on_admitted(
-        self, connection: Connection, front: TerminalConnection, elapsed: float
-    ) -> None:
-        self.metrics.connection_attempts.inc()
-        hello, info = connection.attach.hello, connection.session.info
-        kind = "create" if connection.created else "attach"
-        self.metrics.connections_opened.labels(kind).inc()
-        now = time.monotonic()
-        activity = self.metrics.activity
-        activity.connection_started(id(connection.attach.client), now)
-        if connection.created:
-            self.metrics.connect_latency.observe(elapsed)
-        else:
-            self.metrics.reconnects.inc()
-            self.metrics.reattach_latency.observe(elapsed)
-            activity.record_reattach(info.key, now)
-            if "offset" in front.request.query:
-                self.metrics.resumes.labels("true" if hello["gap"] else "false").inc()
-        for scope, name in (("key", info.key), ("address", front.address)):
-            if activity.breaker_closed(scope, name):
-                self._log_breaker(scope, name, "closed")
-        self.log(
-            "connect",
-            key=info.key,
-            session=info.session_id,
-            project=info.project,
-            owner=info.owner,
-            client=connection.attach.client.client_id,
-            addr=front.address,
-            pid=info.pid,
-            kind=kind,
-            replay_from=hello["replay_from"],
-            gap=hello["gap"],
-            head=hello["head"],
-            clients=len(connection.session.clients),
-            duration_ms=round(elapsed * 1000, 3),
-        )
-
-    def _close_code(self, connection: Connection, front: TerminalConnection) -> int | None:
-        """The code that ended a connection: the server's when it closed first, else the peer's.
-
-        (The socket's own ``close_code`` is the code the peer answered with, which need not
-        echo ours.)
-        """
-        final = connection.attach.client.final
-        if final is not None:  # the session ended: exit, kill, reap, shutdown
-            return final[1]
-        if not self.manager.accepting:
-            return int(CloseCode.GOING_AWAY)  # drain tells every client 1001
-        return front.ws.close_code
-
-    def on_detached(self, connection: Connection, front: TerminalConnection) -> None:
-        code = self._close_code(connection, front)
-        self.metrics.connections_closed.labels(close_code_label(code)).inc()
-        lasted = self.metrics.activity.connection_ended(
-            id(connection.attach.client), time.monotonic()
-        )
-        info = connection.session.info
-        self.log(
-            "detach",
-            key=info.key,
-            session=info.session_id,
-            project=info.project,
-            owner=info.owner,
-            client=connection.attach.client.client_id,
-            addr=front.address,
-            pid=info.pid,
-            code=code,
-            clients=len(connection.session.clients),
-            duration_ms=None if lasted is None else round(lasted * 1000, 3),
-        )
-        self.manager.release_memory_soon()
-
     # ------------------------------------------------------------------ facts
     def snapshot(self) -> dict[str, Any]:
         """Live facts for the metrics collector, read at scrape time."""
@@ -224,7 +286,7 @@ class Server:
         states = {state.value: 0 for state in SessionState}
         for session in sessions:
             states[session.state.value] += 1
-        now = self.manager_clock()
+        now = self.clock.monotonic()
         detached = [now - s.detached_since for s in sessions if s.state is SessionState.DETACHED]
         manager = self.manager
         projects = manager.start_failures.snapshot(now)
@@ -249,15 +311,12 @@ class Server:
             "ready": manager.accepting,
         }
 
-    def manager_clock(self) -> float:
-        return time.monotonic()
-
     def process_facts(self) -> dict[str, Any]:
         """This server process: pid, RSS, CPU (seconds, and percent since the last call)."""
         times = os.times()
         cpu = times.user + times.system
-        uptime = time.time() - self.started_at
-        percent = self.metrics.activity.cpu_percent(time.monotonic(), cpu)
+        uptime = self.clock.time() - self.started_at
+        percent = self.metrics.activity.cpu_percent(self.clock.monotonic(), cpu)
         if percent is None:  # first call: the average over the process's life
             percent = 100 * cpu / uptime if uptime > 0 else 0.0
         return {
@@ -271,12 +330,20 @@ class Server:
             "ready": self.manager.accepting,
         }
 
+    # ------------------------------------------------------------------ timers
     async def heartbeat(self) -> None:
         """One timer for every connection (not a task each): ping, or drop the silent ones."""
         while True:
-            await asyncio.sleep(self.settings.heartbeat)
-            for connection in list(self.connections):
-                connection.heartbeat_tick()
+            await self.clock.sleep(self.settings.heartbeat)
+            for front in list(self.connections):
+                front.heartbeat_tick()
+
+    async def reaper(self) -> None:
+        """End sessions detached for longer than the idle timeout, a few times per timeout."""
+        interval = max(0.05, min(30.0, self.settings.idle_timeout / 4))
+        while True:
+            await self.clock.sleep(interval)
+            self.manager.reap_idle()
 
     # ------------------------------------------------------------------ drain
     async def drain(self) -> None:
@@ -290,12 +357,17 @@ class Server:
             return False
         self.manager.accepting = False
         self.log("drain", grace=self.settings.drain_grace)
-        for connection in list(self.connections):
-            connection.close(CloseCode.GOING_AWAY, "server draining")
+        for front in list(self.connections):
+            front.close(CloseCode.GOING_AWAY, "server draining")
         return True
 
+    async def wait_drained(self) -> None:
+        """Return once a :meth:`drain` has ended the shells (at once if none was started)."""
+        if self._drain_task is not None:
+            await asyncio.wait({self._drain_task})  # ended, failed or cut short: all the same
+
     async def _end_after_grace(self) -> None:
-        await asyncio.sleep(self.settings.drain_grace)
+        await self.clock.sleep(self.settings.drain_grace)
         await self.manager.shutdown()
 
     async def shutdown(self) -> None:
@@ -304,6 +376,3 @@ class Server:
             self._drain_task.cancel()
         self.begin_drain()
         await self.manager.shutdown()
-
-
-SERVER_KEY = web.AppKey("server", Server)

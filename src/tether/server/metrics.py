@@ -8,12 +8,11 @@ reported as ``other`` unless it is one of docs/protocol.md, section 6.
 Gauges about live state (sessions by state, open breakers, …) are read from the server's
 ``snapshot()`` at scrape time. What the server must remember between events to report (recent
 re-attaches per session, when each connection started, which breakers were open) is kept by
-:class:`ActivityTracker`, which is pure: time is passed in.
+:class:`ActivityTracker`, which is pure: time is passed in (read from the server's clock).
 """
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,6 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from tether.protocol.codes import CloseCode
+from tether.server.clock import Clock
 
 # The text format would export a ``…_created`` gauge beside every counter and histogram: twice
 # the series for a timestamp nobody graphs.
@@ -137,7 +137,7 @@ class _SnapshotCollector(Collector):
         self,
         snapshot: Callable[[], dict[str, Any]],
         activity: ActivityTracker,
-        clock: Callable[[], float],
+        clock: Clock,
     ) -> None:
         self._snapshot = snapshot
         self._activity = activity
@@ -170,7 +170,7 @@ class _SnapshotCollector(Collector):
         yield _gauge(
             "tether_session_reconnects_max",
             f"Most re-attaches one live session had in the last {RECONNECT_WINDOW:g} s",
-            self._activity.busiest_session(self._clock()),
+            self._activity.busiest_session(self._clock.monotonic()),
         )
         yield _gauge(
             "tether_detached_oldest_seconds",
@@ -191,9 +191,7 @@ class _SnapshotCollector(Collector):
 class Metrics:
     """Every metric tether exports; see docs/operations.md for what each one means."""
 
-    def __init__(
-        self, snapshot: Callable[[], dict[str, Any]], clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, snapshot: Callable[[], dict[str, Any]], clock: Clock) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.activity = ActivityTracker()
         r = self.registry

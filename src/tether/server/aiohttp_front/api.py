@@ -5,24 +5,19 @@ Every error is JSON: ``{"error": {"code": "...", "message": "..."}}`` with a 4xx
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from tether.protocol.storm import BreakerSnapshot
-from tether.server.core import SERVER_KEY, Server
+from tether.server.aiohttp_front.context import identify, server_of
+from tether.server.core import Server
 from tether.server.session import Session, SessionState
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def _server(request: web.Request) -> Server:
-    server: Server = request.app[SERVER_KEY]
-    return server
 
 
 def _iso(epoch: float) -> str:
@@ -38,7 +33,7 @@ def session_entry(session: Session, now_monotonic: float, now_wall: float) -> di
 
 
 def _require_operator(request: web.Request) -> web.Response | None:
-    identity = _server(request).identify(request)
+    identity = identify(request)
     if identity is None:
         return json_error(401, "unauthorized", "missing or invalid credential")
     if not identity.operator:
@@ -51,14 +46,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if not _server(request).manager.accepting:
+    if not server_of(request).manager.accepting:
         return json_error(503, "draining", "not accepting new sessions")
     return web.json_response({"status": "ready"})
 
 
 async def projects(request: web.Request) -> web.Response:
-    server = _server(request)
-    identity = server.identify(request)
+    server = server_of(request)
+    identity = identify(request)
     if identity is None:
         return json_error(401, "unauthorized", "missing or invalid credential")
     listed = []
@@ -75,8 +70,8 @@ async def projects(request: web.Request) -> web.Response:
 
 
 def _visible_sessions(request: web.Request) -> list[Session] | web.Response:
-    server = _server(request)
-    identity = server.identify(request)
+    server = server_of(request)
+    identity = identify(request)
     if identity is None:
         return json_error(401, "unauthorized", "missing or invalid credential")
     project, owner = request.query.get("project"), request.query.get("owner")
@@ -111,10 +106,10 @@ async def stats_sessions(request: web.Request) -> web.Response:
     sessions = _visible_sessions(request)
     if isinstance(sessions, web.Response):
         return sessions
-    now_m, now_w = time.monotonic(), time.time()
+    server = server_of(request)
+    now_m, now_w = server.clock.monotonic(), server.clock.time()
     ordered = sorted(sessions, key=lambda s: (s.info.created_at, s.info.key))
     entries = [session_entry(s, now_m, now_w) for s in ordered]
-    server = _server(request)
     return web.json_response(
         {"totals": _totals(entries), "server": server.process_facts(), "sessions": entries}
     )
@@ -168,11 +163,11 @@ async def stats_breakers(request: web.Request) -> web.Response:
 
     A non-operator sees the key breakers of its own sessions only, and no addresses.
     """
-    server = _server(request)
-    identity = server.identify(request)
+    server = server_of(request)
+    identity = identify(request)
     if identity is None:
         return json_error(401, "unauthorized", "missing or invalid credential")
-    manager, now_m, now_w = server.manager, time.monotonic(), time.time()
+    manager, now_m, now_w = server.manager, server.clock.monotonic(), server.clock.time()
     keys = manager.key_storms.snapshot(now_m)
     if not identity.operator:
         keys = [
@@ -209,7 +204,7 @@ _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = _server(request).metrics.render()
+    body = server_of(request).metrics.render()
     return web.Response(body=body, headers={"Content-Type": _METRICS_TYPE})
 
 
@@ -220,7 +215,8 @@ async def list_sessions(request: web.Request) -> web.Response:
     sessions = _visible_sessions(request)
     if isinstance(sessions, web.Response):
         return sessions
-    now_m, now_w = time.monotonic(), time.time()
+    clock = server_of(request).clock
+    now_m, now_w = clock.monotonic(), clock.time()
     ordered = sorted(sessions, key=lambda s: (s.info.created_at, s.info.key))
     return web.json_response({"sessions": [session_entry(s, now_m, now_w) for s in ordered]})
 
@@ -231,7 +227,7 @@ def _named_session(request: web.Request) -> Session | web.Response:
     if denied is not None:
         return denied
     key = request.match_info["key"]
-    session = _server(request).manager.sessions.get(key)
+    session = server_of(request).manager.sessions.get(key)
     if session is None:
         return json_error(404, "not_found", f"no session {key[:140]}")
     return session
@@ -241,7 +237,8 @@ async def get_session(request: web.Request) -> web.Response:
     session = _named_session(request)
     if isinstance(session, web.Response):
         return session
-    return web.json_response(session_entry(session, time.monotonic(), time.time()))
+    clock = server_of(request).clock
+    return web.json_response(session_entry(session, clock.monotonic(), clock.time()))
 
 
 async def kill_session(request: web.Request) -> web.Response:
@@ -249,7 +246,7 @@ async def kill_session(request: web.Request) -> web.Response:
     session = _named_session(request)
     if isinstance(session, web.Response):
         return session
-    _server(request).manager.kill(session.info.key)
+    server_of(request).manager.kill(session.info.key)
     return web.json_response({"killed": session.info.key})
 
 
@@ -268,7 +265,7 @@ async def clear_sessions(request: web.Request) -> web.Response:
         project = body.get("project")
         if project is not None and not isinstance(project, str):
             return json_error(400, "bad_field", "project must be a string")
-    server = _server(request)
+    server = server_of(request)
     if project is not None and server.settings.project(project) is None:
         return json_error(404, "not_found", f"no project {project[:64]}")
     keys = server.manager.clear(project=project)
@@ -279,6 +276,6 @@ async def drain(request: web.Request) -> web.Response:
     denied = _require_operator(request)
     if denied is not None:
         return denied
-    server = _server(request)
+    server = server_of(request)
     await server.drain()
     return web.json_response({"draining": True, "grace": server.settings.drain_grace}, status=202)

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -20,9 +21,11 @@ from tether.protocol.codes import CloseCode
 from tether.protocol.messages import SUBPROTOCOL
 from tether.server import logs, pty
 from tether.server.aiohttp_front import api
+from tether.server.aiohttp_front.context import SERVER_KEY, client_address, identify, server_of
 from tether.server.aiohttp_front.ws import handle_terminal
+from tether.server.clock import Clock
 from tether.server.config import Settings
-from tether.server.core import SERVER_KEY, Server
+from tether.server.core import Server
 from tether.server.hostcheck import is_loopback_host
 from tether.server.store import SessionStore
 
@@ -42,22 +45,22 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         code = exc.reason.lower().replace(" ", "_") if exc.reason else "error"
         return api.json_error(exc.status, code, exc.reason or "error")
     except Exception as exc:  # the one place unexpected errors become a 500
-        request.app[SERVER_KEY].log("error", path=request.path, reason=type(exc).__name__)
+        server_of(request).log("error", path=request.path, reason=type(exc).__name__)
         return api.json_error(500, "internal_error", "internal server error")
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Before any route: the Host header must name us; probes and metrics may need a credential."""
-    server = request.app[SERVER_KEY]
-    if not server.host_allowed(request):
+    server = server_of(request)
+    if not server.host_allowed(request.headers):
         return await _refuse_host(server, request)
     settings = server.settings
     routed = request.match_info.http_exception is None  # else 404/405 answers first
     gated = (request.path == "/metrics" and settings.metrics_auth) or (
         request.path in ("/healthz", "/readyz") and settings.healthz_auth
     )
-    if routed and gated and server.identify(request) is None:
+    if routed and gated and identify(request) is None:
         return api.json_error(401, "unauthorized", "missing or invalid credential")
     return await handler(request)
 
@@ -67,7 +70,7 @@ async def _refuse_host(server: Server, request: web.Request) -> web.StreamRespon
     ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,))
     if request.path == "/ws/terminal" and ws.can_prepare(request).ok:
         refusal = Refusal(CloseCode.FORBIDDEN, "host not allowed")
-        server.on_refused(refusal, server.client_address(request))
+        server.on_refused(refusal, client_address(request))
         await ws.prepare(request)
         await ws.close(code=refusal.code, message=refusal.reason.encode())
         return ws
@@ -81,17 +84,13 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
-async def _reaper(server: Server) -> None:
-    interval = max(0.05, min(30.0, server.settings.idle_timeout / 4))
-    while True:
-        await asyncio.sleep(interval)
-        server.manager.reap_idle()
-
-
-def create_app(settings: Settings, store: SessionStore | None = None) -> web.Application:
-    """A ready-to-run application for ``settings``."""
+def create_app(
+    settings: Settings, store: SessionStore | None = None, *, clock: Clock | None = None
+) -> web.Application:
+    """A ready-to-run application for ``settings``; ``clock`` (the system's by default) is the
+    one every part of the server reads and waits on."""
     app = web.Application(middlewares=[json_errors, guard], client_max_size=1024 * 1024)
-    server = Server(settings, store)
+    server = Server(settings, store, clock=clock)
     app[SERVER_KEY] = server
     app.router.add_get("/ws/terminal", handle_terminal)
     app.router.add_get("/healthz", api.healthz)
@@ -117,7 +116,7 @@ async def _start_background(app: web.Application) -> None:
     server: Server = app[SERVER_KEY]
     pty.become_subreaper()
     app[BACKGROUND_KEY] = [
-        asyncio.create_task(_reaper(server)),
+        asyncio.create_task(server.reaper()),
         asyncio.create_task(server.heartbeat()),
     ]
 
@@ -204,14 +203,24 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
         # grace (a second signal cuts the grace short).
         server = app[SERVER_KEY]
         logs.log_event("shutdown", reason="signal", grace=server.settings.drain_grace)
-        server.begin_drain()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), server.settings.drain_grace)
+        await server.drain()
+        await _first_of(stop.wait(), server.wait_drained())
         await server.shutdown()
     finally:
         await runner.cleanup()
         logs.remove(handlers)
         _AIOHTTP_SERVER_LOGGER.removeFilter(redact)
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    """Return when the first of ``waits`` is done; the others are cancelled."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run(settings: Settings) -> None:

@@ -1,11 +1,11 @@
 """The aiohttp WebSocket front of ``/ws/terminal``: one :class:`TerminalConnection` per socket.
 
-It implements the session's :class:`~tether.server.session.ClientSink`:
-a sender task streams the ring
-from the client's position (awaiting the socket's drain, which is what slows a fast program
-while this client lags), a receive loop writes input and answers control messages, and a
-server's heartbeat calls :meth:`TerminalConnection.heartbeat_tick`, which drops a peer that
-leaves two pings unanswered.
+It implements the core's :class:`~tether.server.front.Front` (and so the session's
+:class:`~tether.server.session.ClientSink`): a sender task streams the ring from the client's
+position (awaiting the socket's drain, which is what slows a fast program while this client
+lags), a receive loop writes input and answers control messages, and the server's heartbeat
+calls :meth:`TerminalConnection.heartbeat_tick`, which drops a peer that leaves two pings
+unanswered.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import collections
 import contextlib
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -27,35 +27,28 @@ from tether.protocol.messages import (
     MessageError,
     Ping,
     Resize,
-    check_subprotocols,
     parse_client_message,
 )
-from tether.server.manager import Connection, ConnectRequest
+from tether.server.aiohttp_front.context import client_address, server_of, upgrade_of
+from tether.server.core import Server
+from tether.server.manager import Connection
 from tether.server.session import Client, Session
 
-if TYPE_CHECKING:
-    from tether.server.core import Server
-
-from tether.server.core import SERVER_KEY
-
 ACK_EVERY = 64 * 1024
-ACK_DELAY = 0.05
+ACK_DELAY = 0.05  # a batching delay of the socket layer: on the loop's timer, not the clock
 _INPUT_BACKLOG = 256 * 1024
-
-
-def _offered_subprotocols(request: web.Request) -> list[str]:
-    header = request.headers.get("Sec-WebSocket-Protocol", "")
-    return [item.strip() for item in header.split(",") if item.strip()]
 
 
 class TerminalConnection:
     """One client socket attached to one session."""
 
-    def __init__(self, server: Server, request: web.Request, ws: web.WebSocketResponse) -> None:
+    def __init__(
+        self, server: Server, request: web.Request, ws: web.WebSocketResponse, address: str
+    ) -> None:
         self.server = server
         self.request = request
         self.ws = ws
-        self.address = server.client_address(request)
+        self.address = address
         self.session: Session | None = None
         self.client: Client | None = None
         self._wake = asyncio.Event()
@@ -66,7 +59,7 @@ class TerminalConnection:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Future[None] | None = None
 
-    # ---------------------------------------------------------------- ClientSink
+    # ---------------------------------------------------------------- Front (ClientSink)
     def wake(self) -> None:
         self._wake.set()
 
@@ -83,11 +76,12 @@ class TerminalConnection:
     async def run(self) -> None:
         # Admit (and start the shell) before answering the upgrade: the shell then starts up on
         # the other core while the upgrade response and the hello are written.
+        # perf_counter, not the server's clock: this is a latency of the socket layer.
         started = time.perf_counter()
+        upgrade = upgrade_of(self.request)
         try:
-            connection = self.server.manager.connect(self._connect_request(), self)
+            connection = self.server.admit(self, upgrade)
         except Refusal as refusal:
-            self.server.on_refused(refusal, self.address)
             await self.ws.prepare(self.request)
             await self.ws.close(code=refusal.code, message=refusal.reason.encode())
             return
@@ -98,7 +92,11 @@ class TerminalConnection:
             self.session.detach(self.client)
             self.session = self.client = None
             raise
-        self.server.on_admitted(connection, self, time.perf_counter() - started)
+        self.server.on_admitted(self, upgrade, connection, time.perf_counter() - started)
+        await self._serve(connection)
+
+    async def _serve(self, connection: Connection) -> None:
+        assert self.session is not None and self.client is not None
         sender = asyncio.create_task(self._send_loop(connection))
         try:
             await self._receive_loop()
@@ -108,26 +106,11 @@ class TerminalConnection:
             self.session.detach(self.client)
             self.close(CloseCode.NORMAL, "")
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
-                await asyncio.wait_for(sender, timeout=5)
-            self.server.on_detached(connection, self)
+                await asyncio.wait_for(sender, timeout=5)  # a socket-layer bound, not domain time
+            self.server.on_detached(self, connection, self.ws.close_code)
             # The client refers back to this front: break the cycle, so that the session
             # (its ring) and this connection's buffers are freed now, not at the next collection.
             self.session = self.client = None
-
-    def _connect_request(self) -> ConnectRequest:
-        subprotocol_error = None
-        try:
-            check_subprotocols(_offered_subprotocols(self.request))
-        except Refusal as refusal:
-            subprotocol_error = refusal
-        return ConnectRequest(
-            query=self.request.query,
-            address=self.address,
-            identity=self.server.identify(self.request),
-            origin_ok=self.server.origin_allowed(self.request),
-            subprotocol_error=subprotocol_error,
-            owner_limit=self.server.owner_limit,
-        )
 
     # ---------------------------------------------------------------- sending
     async def _send_loop(self, connection: Connection) -> None:
@@ -244,7 +227,7 @@ class TerminalConnection:
 
 async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
     """``GET /ws/terminal``: admit or refuse, upgrade, then serve or close with the code."""
-    server: Server = request.app[SERVER_KEY]
+    server = server_of(request)
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
         autoping=False,
@@ -253,10 +236,7 @@ async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
     )
     if not ws.can_prepare(request).ok:
         await ws.prepare(request)  # not a WebSocket upgrade: aiohttp answers with an HTTP error
-    connection = TerminalConnection(server, request, ws)
-    server.connections.add(connection)
-    try:
+    connection = TerminalConnection(server, request, ws, client_address(request))
+    with server.serving(connection):
         await connection.run()
-    finally:
-        server.connections.discard(connection)
     return ws
