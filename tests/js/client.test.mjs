@@ -225,7 +225,7 @@ describe('the reconnection schedule, as the client runs it', () => {
     assert.equal(client.stateInfo.trial, true);
     Socket.last.receiveHello({ created: false });
     assert.equal(client.state, ConnectionState.CONNECTED);
-    assert.equal(client.policy.state, 'closed');
+    assert.equal(client.policy.state, 'connected');
   });
 
   test('a failed trial pauses for another 30 s', () => {
@@ -314,6 +314,85 @@ describe('the reconnection schedule, as the client runs it', () => {
     assert.equal(client.state, ConnectionState.PAUSED);
     tick(29999);
     assert.equal(Socket.instances.length, 7, 'the old timer was cancelled');
+  });
+});
+
+describe('the policy behind the states', () => {
+  test('each state the page shows is one state of the policy', () => {
+    const client = connection();
+    const pairs = [];
+    client.on('state', (info) => pairs.push([info.state, client.policy.state, info.trial ?? null]));
+    client.connect();
+    Socket.last.receiveHello();
+    Socket.last.receiveClose(1006);
+    for (const delay of [1000, 2000, 4000, 8000, 16000]) {
+      tick(delay);
+      Socket.last.receiveClose(1006);
+    }
+    tick(30000);
+    Socket.last.receiveClose(4004);
+    assert.deepEqual(pairs, [
+      ['connecting', 'connecting', false],
+      ['connected', 'connected', null],
+      ['reconnecting', 'waiting', null],
+      ...[1, 2, 3, 4].flatMap(() => [['connecting', 'connecting', false], ['reconnecting', 'waiting', null]]),
+      ['connecting', 'connecting', false],
+      ['paused', 'open', null],
+      ['connecting', 'half_open', true],
+      ['ended', 'stopped', null],
+    ]);
+  });
+
+  test('retry now cannot cut a retry-after short, even with the breaker open', () => {
+    const client = connected();
+    Socket.last.receiveClose(1006);
+    for (const delay of [1000, 2000, 4000, 8000]) {
+      tick(delay);
+      Socket.last.receiveClose(1006);
+    }
+    tick(16000);
+    Socket.last.receiveClose(4129, 'retry-after=45');
+    assert.equal(client.state, ConnectionState.PAUSED);
+    assert.equal(client.stateInfo.delay, 45);
+    client.retryNow();
+    tick(44999);
+    assert.equal(Socket.instances.length, 6);
+    tick(1);
+    assert.equal(Socket.instances.length, 7);
+    assert.equal(client.stateInfo.trial, true);
+  });
+
+  test('a timer that fires before the connection\'s clock says so waits out the rest', () => {
+    let lag = 0;
+    const client = connected({ now: () => Date.now() - lag });
+    Socket.last.receiveClose(1006); // attempt 1 is due at now + 1000 by the connection's clock
+    lag = 5; // from now on that clock runs 5 ms behind the timers
+    tick(1000);
+    assert.equal(Socket.instances.length, 1, 'not due yet by the connection\'s clock');
+    assert.equal(client.state, ConnectionState.RECONNECTING);
+    tick(4);
+    assert.equal(Socket.instances.length, 1);
+    tick(1);
+    assert.equal(Socket.instances.length, 2);
+    assert.equal(client.state, ConnectionState.CONNECTING);
+  });
+
+  test('close() stops the policy with 1000', () => {
+    const client = connected();
+    const events = [];
+    client.policy.addListener((event) => events.push(event));
+    client.close();
+    assert.deepEqual([events.at(-1).state, events.at(-1).code], ['stopped', 1000]);
+  });
+
+  test('reconnect after an end starts the policy afresh', () => {
+    const client = connected();
+    Socket.last.receiveClose(4009);
+    assert.equal(client.policy.state, 'stopped');
+    client.reconnect();
+    assert.deepEqual([client.policy.state, client.policy.attempt], ['connecting', 0]);
+    Socket.last.receiveClose(1006);
+    assert.equal(client.stateInfo.delay, 1);
   });
 });
 

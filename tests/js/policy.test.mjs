@@ -1,25 +1,133 @@
-// The reconnection policy (docs/protocol.md, section 7): exact schedule, breaker, stop codes.
+// The reconnection policy (docs/protocol.md, section 7). Most of the contract is in
+// tests/vectors/reconnect_policy.json, which the Python client's tests
+// (tests/protocol/test_policy.py) run as well; the tests after the vectors cover what is
+// particular to this module and to the close-code table.
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BreakerState, ReconnectPolicy } from '../../web/src/client/policy.js';
+import { readFileSync } from 'node:fs';
+import {
+  BreakerState, FAILURES_TO_OPEN, MAX_BACKOFF, OPEN_SECONDS, PolicyError, PolicyState, ReconnectPolicy, backoffDelay,
+} from '../../web/src/client/policy.js';
 import { actionFor, isStopCode, retryAfterSeconds } from '../../web/src/client/close-codes.js';
 
-/** Fail `count` attempts in a row (each started first); returns the delays decided. */
-function failAttempts(policy, count, code = 1006, reason = '') {
-  const delays = [];
-  for (let i = 0; i < count; i += 1) {
-    policy.startAttempt();
-    delays.push(policy.attemptFailed(code, reason).delay);
+const readJson = (path) => JSON.parse(readFileSync(new URL(path, import.meta.url), 'utf8'));
+const SPEC = readJson('../vectors/reconnect_policy.json');
+const TABLE = readJson('../../src/tether/protocol/close_codes.json');
+const FIELDS = ['state', 'attempt', 'failures', 'delay', 'retry_at'];
+
+const camel = (name) => name.replace(/_([a-z])/g, (_, letter) => letter.toUpperCase());
+
+/** A policy from a vector's snake_case options (`random` is a constant). */
+function makePolicy(options = {}) {
+  const converted = Object.fromEntries(Object.entries(options).map(([key, value]) => [camel(key), value]));
+  if ('random' in converted) {
+    const value = converted.random;
+    converted.random = () => value;
   }
-  return delays;
+  return new ReconnectPolicy(converted);
 }
 
-function connected() {
-  const policy = new ReconnectPolicy();
-  policy.startAttempt();
-  policy.succeeded();
-  return policy;
+function observed(policy) {
+  const { state, attempt, failures, delay, retryAt } = policy.snapshot();
+  return { state, attempt, failures, delay, retry_at: retryAt };
 }
+
+function assertSnapshot(actual, expected, where) {
+  assert.deepEqual(Object.keys(expected).sort(), [...FIELDS].sort(), `${where}: expect lists every field`);
+  for (const field of ['state', 'attempt', 'failures']) {
+    assert.equal(actual[field], expected[field], `${where}: ${field}`);
+  }
+  for (const field of ['delay', 'retry_at']) {
+    if (expected[field] === null) {
+      assert.equal(actual[field], null, `${where}: ${field}`);
+    } else {
+      const close = Math.abs(actual[field] - expected[field]) < 1e-9;
+      assert.ok(close, `${where}: ${field} ${actual[field]} != ${expected[field]}`);
+    }
+  }
+}
+
+/** Call the input a step names; the value onTimer and reconnectNow return. */
+function apply(policy, step) {
+  const { at: now, code = null, reason = '' } = step;
+  const inputs = {
+    connected: () => policy.onConnected(now),
+    lost: () => policy.onLost(now, code, reason),
+    attempt_failed: () => policy.onAttemptFailed(now, code, reason),
+    timer: () => policy.onTimer(now),
+    reconnect_now: () => policy.reconnectNow(now),
+    stop: () => policy.stop(now, code, reason),
+    reset: () => policy.reset(now),
+  };
+  return inputs[step.event]();
+}
+
+function runStep(policy, events, step) {
+  const where = `${step.event} at ${step.at}`;
+  const before = events.length;
+  if (step.error) {
+    assert.throws(() => apply(policy, step), PolicyError, `${where}: a caller error`);
+  } else {
+    const returned = apply(policy, step);
+    if ('returns' in step) assert.equal(returned, step.returns, `${where}: returns`);
+  }
+  assertSnapshot(observed(policy), step.expect, where);
+  const quiet = step.error || step.returns === false;
+  const emitted = events.slice(before);
+  assert.equal(emitted.length, step.emits ?? (quiet ? 0 : 1), `${where}: events`);
+  if (emitted.length) {
+    const { code, reason, ...snapshot } = emitted.at(-1);
+    assert.deepEqual(snapshot, policy.snapshot(), `${where}: event snapshot`);
+    assert.deepEqual([code, reason], [step.code ?? null, step.reason ?? ''], `${where}: event close`);
+  }
+  assert.equal(policy.isBreakerOpen, [PolicyState.OPEN, PolicyState.HALF_OPEN].includes(policy.state));
+}
+
+describe('the shared vectors (tests/vectors/reconnect_policy.json)', () => {
+  for (const vector of SPEC.vectors) {
+    test(vector.name, () => {
+      const policy = makePolicy(vector.options);
+      const events = [];
+      policy.addListener((event) => events.push(event));
+      assertSnapshot(observed(policy), SPEC.initial, 'initial');
+      for (const step of vector.steps) runStep(policy, events, step);
+    });
+  }
+
+  test('backoff delays', () => {
+    for (const [attempt, delay] of SPEC.backoff_delays) {
+      assert.equal(backoffDelay(attempt), delay, `attempt ${attempt}`);
+    }
+    assert.throws(() => backoffDelay(0), RangeError);
+  });
+});
+
+describe('every close code follows its action in the shared table', () => {
+  const codes = new Set([...Object.keys(TABLE.codes).map(Number), ...SPEC.close_code_actions.extra_codes]);
+  for (const span of TABLE.ranges) codes.add(span.from).add(span.to);
+  const { scenarios } = SPEC.close_code_actions;
+
+  test('all three actions are specified', () => {
+    const actions = new Set([...codes].map(actionFor));
+    assert.deepEqual([...actions].sort(), ['retry', 'retry_now', 'stop']);
+    for (const scenario of Object.values(scenarios)) for (const action of actions) assert.ok(action in scenario);
+  });
+
+  for (const code of [...codes].sort((a, b) => a - b)) {
+    test(`${code} (${actionFor(code)})`, () => {
+      const lost = new ReconnectPolicy();
+      lost.onConnected(0);
+      lost.onLost(10, code);
+      assertSnapshot(observed(lost), scenarios.lost[actionFor(code)], `lost ${code}`);
+      const failed = new ReconnectPolicy();
+      failed.onConnected(0);
+      failed.onLost(10, 1006);
+      assert.equal(failed.onTimer(11), true);
+      failed.onAttemptFailed(12, code);
+      assertSnapshot(observed(failed), scenarios.attempt_failed[actionFor(code)], `attempt failed ${code}`);
+    });
+  }
+});
 
 describe('close codes come from the shared table', () => {
   test('stop, retry and retry-now codes', () => {
@@ -49,171 +157,60 @@ describe('close codes come from the shared table', () => {
   });
 });
 
-describe('backoff schedule', () => {
-  test('after a lost connection: 1, 2, 4, 8, 16 s, then the breaker opens for 30 s', () => {
-    const policy = connected();
-    const first = policy.connectionLost(1006, '');
-    assert.deepEqual(first, { action: 'retry', delay: 1, state: 'closed', failures: 0, attempt: 1 });
-    const delays = [first.delay, ...failAttempts(policy, 5)];
-    assert.deepEqual(delays, [1, 2, 4, 8, 16, 30]);
-    assert.equal(policy.state, BreakerState.OPEN);
-    assert.equal(policy.failures, 5);
-  });
-
-  test('attempt numbers name the next attempt; the first trial is attempt 6', () => {
-    const policy = connected();
-    policy.connectionLost(1006);
-    const attempts = [];
-    for (let i = 0; i < 5; i += 1) {
-      attempts.push(policy.startAttempt().attempt);
-      policy.attemptFailed(1006);
-    }
-    assert.deepEqual(attempts, [1, 2, 3, 4, 5]);
-    assert.deepEqual(policy.startAttempt(), { attempt: 6, trial: true });
-  });
-
-  test('backoff is capped at 30 s when the breaker is set higher', () => {
-    const policy = new ReconnectPolicy({ threshold: 100 });
-    policy.startAttempt();
-    policy.succeeded();
-    policy.connectionLost(1006);
-    assert.deepEqual(failAttempts(policy, 7), [2, 4, 8, 16, 30, 30, 30]);
-  });
-
-  test('a failed first connect is followed by attempt 1 after 1 s and is not counted', () => {
+describe('this module', () => {
+  test('the contract numbers and the state names both clients use', () => {
+    assert.deepEqual([FAILURES_TO_OPEN, OPEN_SECONDS, MAX_BACKOFF], [5, 30, 30]);
+    const names = ['connecting', 'connected', 'waiting', 'open', 'half_open', 'stopped'];
+    assert.deepEqual(Object.values(PolicyState), names);
     const policy = new ReconnectPolicy();
-    policy.startAttempt();
-    const decision = policy.attemptFailed(1006);
-    assert.equal(decision.delay, 1);
-    assert.equal(decision.failures, 0);
-    assert.deepEqual(failAttempts(policy, 5), [2, 4, 8, 16, 30]);
-    assert.equal(policy.state, BreakerState.OPEN);
+    assert.deepEqual([policy.failuresToOpen, policy.openSeconds, policy.timeScale], [5, 30, 1]);
+    assert.equal(new ReconnectPolicy({ threshold: 8 }).failuresToOpen, 8, 'the former option name');
   });
 
-  test('1012 makes the first delay 0, then the backoff goes on', () => {
-    const policy = connected();
-    assert.equal(policy.connectionLost(1012, 'restart').delay, 0);
-    assert.deepEqual(failAttempts(policy, 4), [2, 4, 8, 16]);
+  test('invalid options', () => {
+    const invalid = [{ timeScale: 0 }, { timeScale: -1 }, { jitter: 2 }, { jitter: -0.1 }, { failuresToOpen: 0 }];
+    for (const options of invalid) {
+      assert.throws(() => new ReconnectPolicy(options), RangeError, JSON.stringify(options));
+    }
   });
 
-  test('1012 before a hello is an ordinary retry code', () => {
-    const policy = connected();
-    policy.connectionLost(1006);
-    assert.deepEqual(failAttempts(policy, 1, 1012), [2]);
+  test('jitter is off by default and never draws', () => {
+    let draws = 0;
+    const policy = new ReconnectPolicy({ random: () => { draws += 1; return 0.9; } });
+    policy.onConnected(0);
+    policy.onLost(0, 1006);
+    assert.deepEqual([policy.delay, draws], [1, 0]);
   });
 
-  test('retry-after makes the delay max(backoff, retry-after)', () => {
-    const policy = connected();
-    assert.equal(policy.connectionLost(4129, 'retry-after=5').delay, 5);
-    assert.deepEqual(failAttempts(policy, 1, 4129, 'retry-after=1'), [2]);
-    assert.deepEqual(failAttempts(policy, 1, 4129, 'retry-after=9'), [9]);
+  test('a listener can be removed', () => {
+    const policy = new ReconnectPolicy();
+    const seen = [];
+    const remove = policy.addListener((event) => seen.push(event));
+    remove();
+    policy.onConnected(0);
+    assert.deepEqual(seen, []);
   });
 
-  test('retry-after beyond the open period extends it', () => {
-    const policy = connected();
-    policy.connectionLost(1006);
-    failAttempts(policy, 4);
-    assert.deepEqual(failAttempts(policy, 1, 4129, 'retry-after=45'), [45]);
-  });
-
-  test('timeScale shrinks backoff and open period, never retry-after', () => {
+  test('a timer firing a hair early on a float clock is due', () => {
     const policy = new ReconnectPolicy({ timeScale: 0.01 });
-    policy.startAttempt();
-    policy.succeeded();
-    assert.equal(policy.connectionLost(1006).delay, 0.01);
-    const delays = failAttempts(policy, 5).map((d) => Math.round(d * 1000) / 1000);
-    assert.deepEqual(delays, [0.02, 0.04, 0.08, 0.16, 0.3]);
-    policy.startAttempt();
-    assert.equal(policy.attemptFailed(4129, 'retry-after=3').delay, 3);
+    policy.onConnected(1_700_000_000.123);
+    policy.onLost(1_700_000_000.123, 1006);
+    assert.equal(policy.onTimer(policy.retryAt - 1e-7), true);
   });
 
-  test('jitter shortens a backoff by up to its fraction', () => {
-    const policy = new ReconnectPolicy({ jitter: 0.5, random: () => 1 });
-    policy.startAttempt();
-    policy.succeeded();
-    assert.equal(policy.connectionLost(1006).delay, 0.5);
-    assert.throws(() => new ReconnectPolicy({ jitter: 2 }), RangeError);
-    assert.throws(() => new ReconnectPolicy({ timeScale: 0 }), RangeError);
-  });
-});
-
-describe('circuit breaker', () => {
-  function opened() {
-    const policy = connected();
-    policy.connectionLost(1006);
-    failAttempts(policy, 5);
-    return policy;
-  }
-
-  test('the next attempt after the open period is a half-open trial', () => {
-    const policy = opened();
-    assert.deepEqual(policy.startAttempt(), { attempt: 6, trial: true });
-    assert.equal(policy.state, BreakerState.HALF_OPEN);
-  });
-
-  test('a failed trial opens the breaker again for 30 s', () => {
-    const policy = opened();
-    policy.startAttempt();
-    const decision = policy.attemptFailed(1006);
-    assert.equal(decision.state, BreakerState.OPEN);
-    assert.equal(decision.delay, 30);
-    assert.deepEqual(failAttempts(policy, 3), [30, 30, 30]);
-  });
-
-  test('a successful trial closes the breaker and resets the counts', () => {
-    const policy = opened();
-    policy.startAttempt();
-    policy.succeeded();
-    assert.deepEqual(policy.statistics(), { state: 'closed', failures: 0, attempt: 0 });
-    assert.equal(policy.connectionLost(1006).delay, 1);
-  });
-
-  test('forceTrial (retry now) goes straight to the trial, through the breaker', () => {
-    const policy = opened();
-    assert.equal(policy.forceTrial().delay, 0);
-    assert.equal(policy.startAttempt().trial, true);
-    assert.equal(policy.attemptFailed(1006).delay, 30);
-  });
-
-  test('a success in between resets the consecutive count', () => {
-    const policy = connected();
-    policy.connectionLost(1006);
-    failAttempts(policy, 4);
-    policy.startAttempt();
-    policy.succeeded();
-    policy.connectionLost(1006);
-    assert.deepEqual(failAttempts(policy, 4), [2, 4, 8, 16]);
-    assert.equal(policy.state, BreakerState.CLOSED);
-  });
-});
-
-describe('stop codes', () => {
-  for (const code of [1000, 4000, 4004, 4009, 4012, 4013]) {
-    test(`${code} stops a live connection and an attempt at once`, () => {
-      const live = connected();
-      assert.deepEqual(live.connectionLost(code).action, 'stop');
-      assert.equal(live.state, BreakerState.STOPPED);
-      const attempt = connected();
-      attempt.connectionLost(1006);
-      assert.equal(attempt.startAttempt().attempt, 1);
-      assert.equal(attempt.attemptFailed(code).action, 'stop');
-    });
-  }
-
-  test('a stop code ends reconnection even while the breaker is half-open', () => {
-    const policy = connected();
-    policy.connectionLost(1006);
-    failAttempts(policy, 5);
-    policy.startAttempt();
-    assert.equal(policy.attemptFailed(4004).action, 'stop');
-    assert.throws(() => policy.startAttempt(), /stopped/);
-    assert.equal(policy.forceTrial(), null);
-  });
-
-  test('reset starts afresh after a stop', () => {
-    const policy = connected();
-    policy.connectionLost(4009);
-    policy.reset();
-    assert.deepEqual(policy.startAttempt(), { attempt: 0, trial: false });
+  test('the breaker alone: closed, open, half_open, stopped', () => {
+    const policy = new ReconnectPolicy();
+    const seen = [policy.breakerState];
+    policy.onAttemptFailed(0, 1006);
+    for (let now = 1; policy.state !== PolicyState.OPEN; now += 1) {
+      policy.reconnectNow(now);
+      policy.onAttemptFailed(now, 1006);
+    }
+    seen.push(policy.breakerState);
+    policy.reconnectNow(100);
+    seen.push(policy.breakerState);
+    policy.stop(100);
+    seen.push(policy.breakerState);
+    assert.deepEqual(seen, [BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN, BreakerState.STOPPED]);
   });
 });

@@ -1,10 +1,26 @@
-"""The reconnection policy (docs/protocol.md, section 7), driven by a fake clock."""
+"""The reconnection policy (docs/protocol.md, section 7), driven by a fake clock.
+
+Most of the contract is in ``tests/vectors/reconnect_policy.json``, which the JavaScript client's
+tests (tests/js/policy.test.mjs) run as well; the tests after the vectors cover what is
+particular to this module's API.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
 import pytest
 
+import tether.policy
+from tether.protocol.codes import action_for
 from tether.protocol.policy import (
+    FAILURES_TO_OPEN,
+    MAX_BACKOFF,
+    OPEN_SECONDS,
     PolicyError,
     PolicyEvent,
     ReconnectPolicy,
@@ -12,351 +28,245 @@ from tether.protocol.policy import (
     backoff_delay,
 )
 
-
-class Clock:
-    """A fake clock: time moves only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def advance(self, seconds: float) -> float:
-        self.now += seconds
-        return self.now
+SPEC: dict[str, Any] = json.loads(
+    (Path(__file__).parents[1] / "vectors" / "reconnect_policy.json").read_text(encoding="utf-8")
+)
+TABLE: dict[str, Any] = json.loads(
+    (resources.files("tether.protocol") / "close_codes.json").read_text(encoding="utf-8")
+)
+SNAPSHOT_FIELDS = ("state", "attempt", "failures", "delay", "retry_at")
 
 
-def make(**kwargs: object) -> tuple[ReconnectPolicy, Clock, list[PolicyEvent]]:
-    policy = ReconnectPolicy(**kwargs)  # type: ignore[arg-type]
+def make_policy(options: dict[str, Any]) -> ReconnectPolicy:
+    """A policy from a vector's snake_case options (``random`` is a constant)."""
+    kwargs = dict(options)
+    if "random" in kwargs:
+        value = float(kwargs["random"])
+        kwargs["random"] = lambda: value
+    return ReconnectPolicy(**kwargs)
+
+
+def observed(policy: ReconnectPolicy) -> dict[str, Any]:
+    snapshot = policy.snapshot()
+    return {
+        "state": snapshot.state.value,
+        "attempt": snapshot.attempt,
+        "failures": snapshot.failures,
+        "delay": snapshot.delay,
+        "retry_at": snapshot.retry_at,
+    }
+
+
+def assert_snapshot(actual: dict[str, Any], expected: dict[str, Any], where: str) -> None:
+    assert sorted(expected) == sorted(SNAPSHOT_FIELDS), f"{where}: expect lists every field"
+    for field in ("state", "attempt", "failures"):
+        assert actual[field] == expected[field], f"{where}: {field}"
+    for field in ("delay", "retry_at"):
+        if expected[field] is None:
+            assert actual[field] is None, f"{where}: {field}"
+        else:
+            assert actual[field] == pytest.approx(expected[field], abs=1e-9), f"{where}: {field}"
+
+
+def apply(policy: ReconnectPolicy, step: dict[str, Any]) -> bool | None:
+    """Call the input a step names; the value timer and reconnect_now return."""
+    now, code, reason = step["at"], step.get("code"), step.get("reason", "")
+    inputs: dict[str, Callable[[], bool | None]] = {
+        "connected": lambda: policy.on_connected(now),
+        "lost": lambda: policy.on_lost(now, step["code"], reason),
+        "attempt_failed": lambda: policy.on_attempt_failed(now, code, reason),
+        "timer": lambda: policy.on_timer(now),
+        "reconnect_now": lambda: policy.reconnect_now(now),
+        "stop": lambda: policy.stop(now, code, reason),
+        "reset": lambda: policy.reset(now),
+    }
+    return inputs[step["event"]]()
+
+
+def run_step(policy: ReconnectPolicy, events: list[PolicyEvent], step: dict[str, Any]) -> None:
+    where = f"{step['event']} at {step['at']}"
+    before = len(events)
+    if step.get("error"):
+        with pytest.raises(PolicyError):
+            apply(policy, step)
+    else:
+        returned = apply(policy, step)
+        if "returns" in step:
+            assert returned is step["returns"], f"{where}: returns"
+    assert_snapshot(observed(policy), step["expect"], where)
+    quiet = step.get("error") or step.get("returns") is False
+    emitted = events[before:]
+    assert len(emitted) == step.get("emits", 0 if quiet else 1), f"{where}: events"
+    if emitted:
+        event = emitted[-1]
+        assert event.state.value == step["expect"]["state"], f"{where}: event state"
+        assert (event.code, event.reason) == (step.get("code"), step.get("reason", ""))
+        assert (event.attempt, event.failures) == (policy.attempt, policy.failures)
+        assert (event.delay, event.retry_at) == (policy.delay, policy.retry_at)
+    assert policy.is_breaker_open == (policy.state in (State.OPEN, State.HALF_OPEN))
+
+
+@pytest.mark.parametrize("vector", SPEC["vectors"], ids=lambda vector: vector["name"])
+def test_vector(vector: dict[str, Any]) -> None:
+    policy = make_policy(vector.get("options", {}))
     events: list[PolicyEvent] = []
     policy.add_listener(events.append)
-    return policy, Clock(), events
+    assert_snapshot(observed(policy), SPEC["initial"], "initial")
+    for step in vector["steps"]:
+        run_step(policy, events, step)
 
 
-def connected(**kwargs: object) -> tuple[ReconnectPolicy, Clock, list[PolicyEvent]]:
-    policy, clock, events = make(**kwargs)
-    policy.on_connected(clock.now)
-    events.clear()
-    return policy, clock, events
+def test_the_vectors_cover_every_rule() -> None:
+    covered = {rule for vector in SPEC["vectors"] for rule in vector["covers"]}
+    assert covered >= {
+        "retry",
+        "retry_now",
+        "stop",
+        "backoff",
+        "backoff_cap",
+        "breaker_open",
+        "half_open",
+        "breaker_close",
+        "retry_after",
+        "reconnect_now",
+        "first_connect",
+        "time_scale",
+        "jitter",
+        "reset",
+        "errors",
+    }
 
 
-def run_until_attempt(policy: ReconnectPolicy, clock: Clock) -> float:
-    """Advance the clock to the pending retry time; returns the delay waited."""
-    assert policy.retry_at is not None
-    waited = policy.retry_at - clock.now
-    assert not policy.on_timer(clock.advance(waited - 0.001))
-    assert policy.on_timer(clock.advance(0.001))
-    return round(waited, 6)
+def table_codes() -> list[int]:
+    """Every code of the shared table, both ends of its ranges, and the spec's extra codes."""
+    found = {int(code) for code in TABLE["codes"]}
+    for span in TABLE["ranges"]:
+        found |= {span["from"], span["to"]}
+    return sorted(found | set(SPEC["close_code_actions"]["extra_codes"]))
 
 
-def test_backoff_delay_sequence_and_cap() -> None:
-    assert [backoff_delay(k) for k in range(1, 9)] == [1, 2, 4, 8, 16, 30, 30, 30]
-    assert backoff_delay(1000) == 30
+@pytest.mark.parametrize("code", table_codes())
+def test_every_close_code_follows_its_action_in_the_table(code: int) -> None:
+    scenarios = SPEC["close_code_actions"]["scenarios"]
+    lost = ReconnectPolicy()
+    lost.on_connected(0)
+    lost.on_lost(10, code)
+    assert_snapshot(observed(lost), scenarios["lost"][action_for(code)], f"lost {code}")
+    failed = ReconnectPolicy()
+    failed.on_connected(0)
+    failed.on_lost(10, 1006)
+    assert failed.on_timer(11)
+    failed.on_attempt_failed(12, code)
+    expected = scenarios["attempt_failed"][action_for(code)]
+    assert_snapshot(observed(failed), expected, f"attempt failed {code}")
+
+
+def test_every_action_of_the_table_is_specified() -> None:
+    actions = {action_for(code) for code in table_codes()}
+    for scenario in SPEC["close_code_actions"]["scenarios"].values():
+        assert actions <= set(scenario)
+    assert actions == {"stop", "retry", "retry_now"}
+
+
+@pytest.mark.parametrize(("attempt", "delay"), SPEC["backoff_delays"])
+def test_backoff_delay(attempt: int, delay: float) -> None:
+    assert backoff_delay(attempt) == delay
+
+
+def test_backoff_delay_starts_at_attempt_one() -> None:
     with pytest.raises(ValueError):
         backoff_delay(0)
 
 
-def test_starts_connecting_and_connects() -> None:
-    policy, clock, events = make()
-    assert policy.state is State.CONNECTING
-    assert policy.attempt == 0
-    policy.on_connected(clock.now)
-    assert events == [PolicyEvent(State.CONNECTED, 0, 0)]
+def test_contract_constants() -> None:
+    assert (FAILURES_TO_OPEN, OPEN_SECONDS, MAX_BACKOFF) == (5, 30.0, 30.0)
+    policy = ReconnectPolicy()
+    assert (policy.failures_to_open, policy.open_seconds, policy.time_scale) == (5, 30.0, 1.0)
 
 
-def test_exact_delays_then_breaker_opens_at_fifth_failure() -> None:
-    policy, clock, events = connected()
-    policy.on_lost(clock.now, 1006)
-    waits = []
-    for k in range(1, 6):
-        assert policy.state is State.WAITING
-        assert policy.attempt == k
-        waits.append(run_until_attempt(policy, clock))
-        assert policy.state is State.CONNECTING
-        assert policy.failures == k - 1
-        policy.on_attempt_failed(clock.now, 1006)
-    assert waits == [1, 2, 4, 8, 16]
-    assert policy.state is State.OPEN
-    assert policy.failures == 5
-    assert policy.delay == 30
-    assert policy.is_breaker_open
-    states = [e.state for e in events]
-    assert states.count(State.OPEN) == 1
-    assert states.index(State.OPEN) == len(states) - 1
-
-
-def test_open_lasts_thirty_seconds_then_half_open_trial() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    for _ in range(5):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    assert run_until_attempt(policy, clock) == 30
-    assert policy.state is State.HALF_OPEN
-    assert policy.attempt == 6
-
-
-def test_half_open_failure_reopens_for_thirty_seconds() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    for _ in range(5):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    for attempt in (6, 7, 8):
-        run_until_attempt(policy, clock)
-        assert policy.state is State.HALF_OPEN
-        assert policy.attempt == attempt
-        policy.on_attempt_failed(clock.now)
-        assert policy.state is State.OPEN
-        assert policy.delay == 30
-
-
-def test_half_open_success_closes_and_resets() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    for _ in range(5):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    run_until_attempt(policy, clock)
-    policy.on_connected(clock.now)
-    assert policy.state is State.CONNECTED
-    assert (policy.attempt, policy.failures) == (0, 0)
-    assert not policy.is_breaker_open
-    policy.on_lost(clock.now, 1006)
-    assert policy.delay == 1
-
-
-def test_success_midway_resets_backoff() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    for _ in range(3):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    run_until_attempt(policy, clock)
-    policy.on_connected(clock.now)
-    policy.on_lost(clock.now, 1011)
-    assert (policy.attempt, policy.failures, policy.delay) == (1, 0, 1)
-
-
-@pytest.mark.parametrize("code", [1000, 1009, 4000, 4001, 4003, 4004, 4009, 4010, 4012, 4013, 4050])
-def test_stop_codes_end_reconnection_from_connected(code: int) -> None:
-    policy, clock, events = connected()
-    policy.on_lost(clock.now, code, "bye")
-    assert policy.state is State.STOPPED
-    assert events[-1] == PolicyEvent(State.STOPPED, 0, 0, code=code, reason="bye")
-    assert not policy.on_timer(clock.advance(100))
-    assert not policy.reconnect_now(clock.now)
-
-
-@pytest.mark.parametrize("code", [4004, 4012, 4001])
-def test_stop_code_during_attempt_ends_even_with_breaker_open(code: int) -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    for _ in range(5):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now, code, "gone")
-    assert policy.state is State.STOPPED
-
-
-@pytest.mark.parametrize("code", [1001, 1006, 1011, 1013, 4100, 4129, 4199, 3000, 1002])
-def test_retry_codes_wait_one_second(code: int) -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, code)
-    assert (policy.state, policy.attempt, policy.delay) == (State.WAITING, 1, 1)
-
-
-def test_1012_makes_only_the_first_delay_zero() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1012)
-    assert policy.delay == 0
-    assert policy.on_timer(clock.now)
-    waits = []
-    for _ in range(4):
-        policy.on_attempt_failed(clock.now, 1012)
-        waits.append(run_until_attempt(policy, clock))
-    assert waits == [2, 4, 8, 16]
-    policy.on_attempt_failed(clock.now, 1012)
-    assert policy.state is State.OPEN
-
-
-def test_retry_after_extends_a_shorter_backoff() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 4129, "retry-after=5")
-    assert policy.delay == 5
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now, 4129, "retry-after=1")
-    assert policy.delay == 2  # backoff 2 > retry-after 1
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now, 4129, "storm retry-after=7")
-    assert policy.delay == 7
-
-
-def test_retry_after_extends_the_open_period() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    for _ in range(4):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now, 4129, "retry-after=45")
-    assert (policy.state, policy.delay) == (State.OPEN, 45)
-
-
-def test_retry_after_is_not_scaled_but_backoff_is() -> None:
-    policy, clock, _ = connected(time_scale=0.01)
-    policy.on_lost(clock.now, 1006)
-    assert policy.delay == pytest.approx(0.01)
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now, 4129, "retry-after=1")
-    assert policy.delay == 1
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now)
-    assert policy.delay == pytest.approx(0.04)
-
-
-def test_time_scale_scales_the_open_period() -> None:
-    policy, clock, _ = connected(time_scale=0.1)
-    policy.on_lost(clock.now, 1006)
-    for _ in range(5):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    assert policy.delay == pytest.approx(3.0)
-
-
-def test_first_connect_failure_is_not_counted() -> None:
-    policy, clock, _ = make()
-    policy.on_attempt_failed(clock.now, 1006)
-    assert (policy.state, policy.attempt, policy.failures, policy.delay) == (
-        State.WAITING,
-        1,
-        0,
-        1,
-    )
-    waits = []
-    for _ in range(5):
-        waits.append(run_until_attempt(policy, clock))
-        policy.on_attempt_failed(clock.now)
-    assert waits == [1, 2, 4, 8, 16]
-    assert policy.state is State.OPEN
-
-
-def test_first_connect_stop_code_stops() -> None:
-    policy, clock, _ = make()
-    policy.on_attempt_failed(clock.now, 4003, "forbidden")
-    assert policy.state is State.STOPPED
-
-
-def test_reconnect_now_while_waiting_starts_next_attempt() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now)
-    assert policy.reconnect_now(clock.advance(0.5))
-    assert (policy.state, policy.attempt) == (State.CONNECTING, 2)
-    policy.on_attempt_failed(clock.now)
-    assert (policy.attempt, policy.failures, policy.delay) == (3, 2, 4)
-
-
-def test_reconnect_now_while_open_forces_half_open_trial_through_breaker() -> None:
-    policy, clock, _ = connected()
-    policy.on_lost(clock.now, 1006)
-    for _ in range(5):
-        run_until_attempt(policy, clock)
-        policy.on_attempt_failed(clock.now)
-    assert policy.reconnect_now(clock.advance(3))
-    assert policy.state is State.HALF_OPEN
-    policy.on_attempt_failed(clock.now)
-    assert (policy.state, policy.delay) == (State.OPEN, 30)  # failure reopens: no bypass
-    assert policy.reconnect_now(clock.advance(1))
-    policy.on_connected(clock.now)
-    assert policy.state is State.CONNECTED
-
-
-@pytest.mark.parametrize("state", ["connecting", "connected", "half_open"])
-def test_reconnect_now_is_a_no_op_while_connecting_or_connected(state: str) -> None:
-    policy, clock, _ = make()
-    if state == "connected":
-        policy.on_connected(clock.now)
-    if state == "half_open":
-        policy.on_connected(clock.now)
-        policy.on_lost(clock.now, 1006)
-        for _ in range(5):
-            run_until_attempt(policy, clock)
-            policy.on_attempt_failed(clock.now)
-        run_until_attempt(policy, clock)
-    before = policy.snapshot()
-    assert not policy.reconnect_now(clock.now)
-    assert policy.snapshot() == before
-
-
-def test_on_timer_before_due_does_nothing() -> None:
-    policy, clock, events = connected()
-    policy.on_lost(clock.now, 1006)
-    count = len(events)
-    assert not policy.on_timer(clock.advance(0.5))
-    assert len(events) == count
-    assert not connected()[0].on_timer(clock.now)
-
-
-def test_invalid_inputs_are_caller_errors() -> None:
-    policy, clock, _ = connected()
-    with pytest.raises(PolicyError):
-        policy.on_connected(clock.now)
-    with pytest.raises(PolicyError):
-        policy.on_attempt_failed(clock.now)
-    policy.on_lost(clock.now, 1006)
-    with pytest.raises(PolicyError):
-        policy.on_lost(clock.now, 1006)
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"time_scale": 0},
+        {"time_scale": -1},
+        {"jitter": 1.5},
+        {"jitter": -0.1},
+        {"failures_to_open": 0},
+    ],
+)
+def test_invalid_options(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        ReconnectPolicy(time_scale=0)
-    with pytest.raises(ValueError):
-        ReconnectPolicy(jitter=1.5)
+        ReconnectPolicy(**options)
 
 
-def test_stop_is_final_and_idempotent() -> None:
-    policy, clock, events = connected()
-    policy.on_lost(clock.now, 1006)
-    policy.stop(clock.now, 1000, "user")
-    policy.stop(clock.now)
-    assert [e.state for e in events] == [State.WAITING, State.STOPPED]
-    assert events[-1].code == 1000
-
-
-def test_events_carry_delay_retry_at_and_close() -> None:
-    policy, clock, events = connected()
-    policy.on_lost(clock.now, 4129, "retry-after=3")
-    assert events[-1] == PolicyEvent(
-        State.WAITING, 1, 0, delay=3, retry_at=clock.now + 3, code=4129, reason="retry-after=3"
-    )
-    run_until_attempt(policy, clock)
-    assert events[-1] == PolicyEvent(State.CONNECTING, 1, 0)
-
-
-def test_listener_removal() -> None:
-    policy, clock, events = make()
-    seen: list[PolicyEvent] = []
-    remove = policy.add_listener(seen.append)
-    remove()
-    policy.on_connected(clock.now)
-    assert seen == [] and len(events) == 1
-
-
-def test_jitter_shortens_backoff_with_injected_random() -> None:
-    policy, clock, _ = connected(jitter=0.5, random=lambda: 1.0)
-    policy.on_lost(clock.now, 1006)
-    assert policy.delay == 0.5
-    run_until_attempt(policy, clock)
-    policy.on_attempt_failed(clock.now, 4129, "retry-after=3")
-    assert policy.delay == 3  # jitter never undercuts retry-after
-
-
-def test_jitter_off_by_default_is_exact() -> None:
+def test_jitter_off_by_default_never_draws() -> None:
     calls: list[int] = []
 
-    def rnd() -> float:
+    def draw() -> float:
         calls.append(1)
         return 0.9
 
-    policy, clock, _ = connected(random=rnd)
-    policy.on_lost(clock.now, 1006)
+    policy = ReconnectPolicy(random=draw)
+    policy.on_connected(0)
+    policy.on_lost(0, 1006)
     assert policy.delay == 1 and calls == []
+
+
+def test_listener_removal() -> None:
+    policy = ReconnectPolicy()
+    seen: list[PolicyEvent] = []
+    remove = policy.add_listener(seen.append)
+    remove()
+    policy.on_connected(0)
+    assert seen == []
+
+
+def test_events_carry_delay_retry_at_and_close() -> None:
+    policy = ReconnectPolicy()
+    events: list[PolicyEvent] = []
+    policy.add_listener(events.append)
+    policy.on_connected(1000)
+    policy.on_lost(1000, 4129, "retry-after=3")
+    assert events[-1] == PolicyEvent(
+        State.WAITING, 1, 0, delay=3, retry_at=1003, code=4129, reason="retry-after=3"
+    )
+    assert policy.snapshot() == PolicyEvent(State.WAITING, 1, 0, delay=3, retry_at=1003)
+    assert policy.on_timer(1003)
+    assert events[-1] == PolicyEvent(State.CONNECTING, 1, 0)
+
+
+def test_a_timer_firing_a_hair_early_on_a_float_clock_is_due() -> None:
+    policy = ReconnectPolicy(time_scale=0.01)
+    policy.on_connected(1_700_000_000.123)
+    policy.on_lost(1_700_000_000.123, 1006)
+    assert policy.retry_at is not None
+    assert policy.on_timer(policy.retry_at - 1e-7)
+
+
+def test_state_values_are_the_names_both_clients_use() -> None:
+    assert [state.value for state in State] == [
+        "connecting",
+        "connected",
+        "waiting",
+        "open",
+        "half_open",
+        "stopped",
+    ]
+
+
+def test_the_compatibility_path_exports_the_same_objects() -> None:
+    names = [
+        "FAILURES_TO_OPEN",
+        "MAX_BACKOFF",
+        "OPEN_SECONDS",
+        "Listener",
+        "PolicyError",
+        "PolicyEvent",
+        "ReconnectPolicy",
+        "State",
+        "backoff_delay",
+    ]
+    from tether.protocol import policy
+
+    for name in names:
+        assert getattr(tether.policy, name) is getattr(policy, name), name

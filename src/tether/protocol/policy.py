@@ -2,6 +2,8 @@
 
 A pure state machine: no asyncio, no clock. The caller passes the time (any monotonic clock, in
 seconds) into every method and sleeps on its own until :attr:`ReconnectPolicy.retry_at`.
+``web/src/client/policy.js`` is the same machine, state names included; both run the vectors of
+``tests/vectors/reconnect_policy.json``, which are the executable form of these rules.
 
 States::
 
@@ -15,10 +17,12 @@ States::
 
 Rules (the contract):
 
+- What a close code means comes from the shared table (:func:`tether.protocol.codes.action_for`):
+  ``stop``, ``retry``, or ``retry_now``. This module lists no code of its own.
 - Reconnection attempt k (k = 1, 2, …) is made min(2^(k−1), 30) s after the previous event:
   1, 2, 4, 8, 16 s. A ``retry-after=N`` close reason makes that delay max(backoff, N).
-- A 1012 (service restart) loss makes the *first* delay 0; later attempts keep their backoff
-  (0, 2, 4, 8, 16).
+- A loss with a ``retry_now`` code (1012, service restart) makes the *first* delay 0; later
+  attempts keep their backoff (0, 2, 4, 8, 16). Before a hello such a code is an ordinary retry.
 - An attempt fails when it reaches no hello (timeout, refused, closed with a retry code). The 5th
   consecutive failure opens the breaker: no attempt for 30 s, then one half-open trial. The trial
   succeeding closes the breaker (counts reset); failing reopens it for another 30 s.
@@ -29,7 +33,7 @@ Rules (the contract):
   failures is attempt 6, the next trial attempt 7, and so on.
 - ``reconnect_now`` (a user action) goes *through* the breaker: while open it starts the half-open
   trial early (a failure reopens it); while waiting it starts the next attempt early (a failure
-  counts as usual).
+  counts as usual). It never comes before a server's ``retry-after``: until then it does nothing.
 
 ``time_scale`` multiplies the policy's own durations (backoff and the open period), so tests and
 ``tether check --time-scale`` run the schedule fast; a server's ``retry-after`` is never scaled.
@@ -42,15 +46,18 @@ import random as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tether.protocol.codes import CloseCode, action_for, retry_after_seconds
+from tether.protocol.codes import action_for, retry_after_seconds
 
 MAX_BACKOFF = 30.0
 FAILURES_TO_OPEN = 5
 OPEN_SECONDS = 30.0
 
+# Float clocks: a timer that fires at ``retry_at`` must find the attempt due.
+_EPSILON = 1e-6
+
 
 class State(enum.Enum):
-    """Where the connection stands."""
+    """Where the connection stands (the same names as the JavaScript client's ``PolicyState``)."""
 
     CONNECTING = "connecting"  # an attempt is in flight (the first connect or attempt k)
     CONNECTED = "connected"  # a hello was received
@@ -58,6 +65,19 @@ class State(enum.Enum):
     OPEN = "open"  # breaker open: no attempt until ``retry_at``
     HALF_OPEN = "half_open"  # the single trial attempt after the open period is in flight
     STOPPED = "stopped"  # a stop code (or the user) ended reconnection for good
+
+
+# The inputs that report on an attempt or a connection, and the states that can have them.
+# Anything else is a caller error (PolicyError). timer, reconnect_now and stop are valid in every
+# state: they answer False, or do nothing, where they do not apply.
+_EXPECTED: dict[str, tuple[State, ...]] = {
+    "on_connected": (State.CONNECTING, State.HALF_OPEN),
+    "on_attempt_failed": (State.CONNECTING, State.HALF_OPEN),
+    "on_lost": (State.CONNECTED,),
+}
+
+# Where a due (or forced) attempt starts from, and the state it starts in.
+_STARTS = {State.WAITING: State.CONNECTING, State.OPEN: State.HALF_OPEN}
 
 
 @dataclass(frozen=True)
@@ -103,17 +123,22 @@ class ReconnectPolicy:
         jitter: float = 0.0,
         random: Callable[[], float] = _random.random,
         open_seconds: float = OPEN_SECONDS,
+        failures_to_open: int = FAILURES_TO_OPEN,
     ) -> None:
         """``jitter`` in [0, 1] shortens each backoff by up to that fraction (``random()``).
 
-        ``open_seconds`` (before scaling) is how long the breaker stays open: 30 by contract.
+        ``open_seconds`` (before scaling) is how long the breaker stays open and
+        ``failures_to_open`` how many consecutive failures open it: 30 and 5 by contract.
         """
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         if not 0.0 <= jitter <= 1.0:
             raise ValueError("jitter must be within [0, 1]")
+        if failures_to_open < 1:
+            raise ValueError("failures_to_open must be at least 1")
         self.time_scale = time_scale
         self.open_seconds = open_seconds
+        self.failures_to_open = failures_to_open
         self._jitter = jitter
         self._random = random
         self._listeners: list[Listener] = []
@@ -122,6 +147,7 @@ class ReconnectPolicy:
         self.failures = 0
         self.delay: float | None = None
         self.retry_at: float | None = None
+        self._not_before: float | None = None  # a server's retry-after: no attempt before it
 
     # -- observation -----------------------------------------------------------------------
 
@@ -143,55 +169,67 @@ class ReconnectPolicy:
 
     def on_connected(self, now: float) -> None:
         """An attempt reached its hello: close the breaker and reset the counts."""
-        self._expect(State.CONNECTING, State.HALF_OPEN)
+        self._expect("on_connected")
         self.attempt = self.failures = 0
+        self._not_before = None
         self._enter(State.CONNECTED, now)
 
     def on_lost(self, now: float, code: int, reason: str = "") -> None:
         """The established connection was lost (or closed) with ``code``."""
-        self._expect(State.CONNECTED)
-        if action_for(code) == "stop":
+        self._expect("on_lost")
+        action = action_for(code)
+        if action == "stop":
             self._enter(State.STOPPED, now, code=code, reason=reason)
             return
         self.attempt = 1
-        delay = 0.0 if code == CloseCode.SERVICE_RESTART else self._backoff(1)
+        delay = 0.0 if action == "retry_now" else self._backoff(1)
         self._wait(State.WAITING, now, delay, code, reason)
 
     def on_attempt_failed(self, now: float, code: int | None = None, reason: str = "") -> None:
-        """The current attempt reached no hello: refused, timed out, or closed with ``code``."""
-        self._expect(State.CONNECTING, State.HALF_OPEN)
+        """The current attempt reached no hello: refused, timed out, or closed with ``code``.
+
+        Before a hello, a ``retry_now`` code is an ordinary failure: only a loss skips the wait.
+        """
+        self._expect("on_attempt_failed")
         if code is not None and action_for(code) == "stop":
             self._enter(State.STOPPED, now, code=code, reason=reason)
             return
         if self.attempt > 0:  # the first connect is no reconnection attempt: it is not counted
             self.failures += 1
         self.attempt += 1
-        if self.state is State.HALF_OPEN or self.failures >= FAILURES_TO_OPEN:
+        if self.state is State.HALF_OPEN or self.failures >= self.failures_to_open:
             self._wait(State.OPEN, now, self.open_seconds * self.time_scale, code, reason)
             return
         self._wait(State.WAITING, now, self._backoff(self.attempt), code, reason)
 
     def on_timer(self, now: float) -> bool:
         """Advance when ``retry_at`` has come; True when the caller must start an attempt now."""
-        if self.state not in (State.WAITING, State.OPEN) or not self._is_due(now):
+        if self.state not in _STARTS or not self._is_due(now):
             return False
-        self._enter(State.CONNECTING if self.state is State.WAITING else State.HALF_OPEN, now)
+        self._enter(_STARTS[self.state], now)
         return True
 
     def reconnect_now(self, now: float) -> bool:
-        """A user asked to reconnect: start the pending attempt early; True when one starts."""
-        if self.state is State.WAITING:
-            self._enter(State.CONNECTING, now)
-            return True
-        if self.state is State.OPEN:
-            self._enter(State.HALF_OPEN, now)
-            return True
-        return False
+        """A user asked to reconnect: start the pending attempt early; True when one starts.
+
+        While the breaker is open this is its half-open trial. Nothing happens while connecting,
+        connected, stopped, or before a server's ``retry-after`` has passed.
+        """
+        if self.state not in _STARTS or self._is_held_back(now):
+            return False
+        self._enter(_STARTS[self.state], now)
+        return True
 
     def stop(self, now: float, code: int | None = None, reason: str = "") -> None:
         """End reconnection for good (the user closed, or the caller gives up)."""
         if self.state is not State.STOPPED:
             self._enter(State.STOPPED, now, code=code, reason=reason)
+
+    def reset(self, now: float) -> None:
+        """Forget every failure and start a fresh first connect (a new session, a re-attach)."""
+        self.attempt = self.failures = 0
+        self._not_before = None
+        self._enter(State.CONNECTING, now)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -202,17 +240,22 @@ class ReconnectPolicy:
         return delay * self.time_scale
 
     def _wait(self, state: State, now: float, delay: float, code: int | None, reason: str) -> None:
+        # Only a close carries a server's retry-after; a refused or timed-out attempt has none.
         retry_after = retry_after_seconds(reason) if code is not None else None
+        self._not_before = None if retry_after is None else now + retry_after
         if retry_after is not None:
             delay = max(delay, float(retry_after))
         self._enter(state, now, delay=delay, code=code, reason=reason)
 
     def _is_due(self, now: float) -> bool:
-        return self.retry_at is None or now >= self.retry_at
+        return self.retry_at is None or now >= self.retry_at - _EPSILON
 
-    def _expect(self, *states: State) -> None:
-        if self.state not in states:
-            raise PolicyError(f"unexpected event in state {self.state.value}")
+    def _is_held_back(self, now: float) -> bool:
+        return self._not_before is not None and now < self._not_before - _EPSILON
+
+    def _expect(self, method: str) -> None:
+        if self.state not in _EXPECTED[method]:
+            raise PolicyError(f"{method} in state {self.state.value}")
 
     def _enter(
         self,

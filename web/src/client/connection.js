@@ -7,10 +7,13 @@
 //   connecting | connected --close--> reconnecting (backoff) | paused (breaker open) | ended (stop code)
 //   reconnecting | paused --timer, retryNow(), online/visible (reconnecting only)--> connecting
 //   any --close()--> closed
+// Every decision is the policy's (policy.js, the same machine as the Python client's); these are
+// its states as the page names them: waiting is `reconnecting`, open is `paused`, stopped is
+// `ended`, and half_open is `connecting` with `trial: true`.
 import { Emitter } from './emitter.js';
 import { InputQueue, MAX_FRAME_BYTES, toBytes } from './input-queue.js';
-import { BreakerState, ReconnectPolicy } from './policy.js';
-import { closeCodeMeaning, closeCodeName, retryAfterSeconds } from './close-codes.js';
+import { PolicyState, ReconnectPolicy } from './policy.js';
+import { closeCodeMeaning, closeCodeName } from './close-codes.js';
 import { NamedTimers } from './timers.js';
 
 export const PROTOCOL = 'tether.v1';
@@ -104,7 +107,6 @@ export class TetherConnection extends Emitter {
     this._attached = false;
     this._receivedCount = 0;
     this._receivedAt = 0;
-    this._notBefore = 0; // a server's retry-after: no attempt before this, whatever the trigger
     this._onOnline = () => this.nudge();
     this._onVisibility = () => {
       if (this._environment.document.visibilityState === 'visible') this.nudge();
@@ -153,22 +155,23 @@ export class TetherConnection extends Emitter {
    * while it is open (paused) nothing happens.
    */
   nudge() {
-    if (this.state === ConnectionState.RECONNECTING && !this._isHeldBack()) this._openSocket();
+    if (this.state === ConnectionState.RECONNECTING) this._startEarly();
     else if (this.state === ConnectionState.CONNECTED) this._probe();
   }
 
-  /** The user asked to reconnect now: a paused connection makes its half-open trial at once. */
+  /**
+   * The user asked to reconnect now: a paused connection makes its half-open trial at once, a
+   * waiting one its next attempt. Never before a server's retry-after (the policy refuses).
+   */
   retryNow() {
-    if (this.state !== ConnectionState.RECONNECTING && this.state !== ConnectionState.PAUSED) return;
-    if (this._isHeldBack()) return; // the server said when: its retry-after is honoured
-    if (this.policy.forceTrial()) this._openSocket();
+    if (this.state === ConnectionState.RECONNECTING || this.state === ConnectionState.PAUSED) this._startEarly();
   }
 
   /** Attach again after an end that left the session alive (4009 replaced, for one). */
   reconnect() {
     if (this.state === ConnectionState.CLOSED) return;
     this._closeSocket(1000, 'reconnecting');
-    this.policy.reset();
+    this.policy.reset(this._seconds());
     this.exit = null;
     this._listenToEnvironment(true);
     this._openSocket();
@@ -181,7 +184,7 @@ export class TetherConnection extends Emitter {
     Object.assign(this, { session: null, position: null, head: 0, hello: null, exit: null });
     this._mayCreate = true;
     this._input.clear();
-    this.policy.reset();
+    this.policy.reset(this._seconds());
     this.emit('reset', 'new-session');
     this._listenToEnvironment(true);
     this._openSocket();
@@ -189,7 +192,7 @@ export class TetherConnection extends Emitter {
 
   /** Close for good. The session stays on the server, detached, until its idle timeout. */
   close() {
-    this.policy.stop();
+    this.policy.stop(this._seconds(), 1000, 'closed by the user');
     this._closeSocket(1000, 'closed by the user');
     this._listenToEnvironment(false);
     this._setState(ConnectionState.CLOSED, {});
@@ -212,9 +215,11 @@ export class TetherConnection extends Emitter {
 
   // -- sockets ----------------------------------------------------------------------------
 
+  /** Open the socket of the attempt the policy is in (connecting, or its half-open trial). */
   _openSocket() {
     this._timers.cancel('attempt');
-    const { attempt, trial } = this.policy.startAttempt();
+    const { attempt } = this.policy;
+    const trial = this.policy.state === PolicyState.HALF_OPEN;
     let ws;
     try {
       ws = new this._WebSocket(this.buildUrl(), PROTOCOL);
@@ -260,14 +265,15 @@ export class TetherConnection extends Emitter {
   _socketClosed(code, reason = '', attached = this._attached) {
     this._resetSocketState();
     this.emit('close', { code, reason, attached });
-    const decision = attached
-      ? this.policy.connectionLost(code, reason)
-      : this.policy.attemptFailed(code, reason);
-    this._follow(decision, code, reason);
+    if (attached) this.policy.onLost(this._seconds(), code, reason);
+    else this.policy.onAttemptFailed(this._seconds(), code, reason);
+    this._follow(code, reason);
   }
 
-  _follow(decision, code, reason) {
-    if (decision.action === 'stop') {
+  /** Show what the policy decided after a close, and wait for its next attempt. */
+  _follow(code, reason) {
+    const { state, delay, attempt, failures } = this.policy;
+    if (state === PolicyState.STOPPED) {
       this._listenToEnvironment(false);
       const name = closeCodeName(code);
       this._setState(ConnectionState.ENDED, {
@@ -276,14 +282,28 @@ export class TetherConnection extends Emitter {
       return;
     }
     // The policy's delays are already scaled (and retry-after must not be).
-    const at = this._now() + decision.delay * 1000;
-    const retryAfter = retryAfterSeconds(reason);
-    this._notBefore = retryAfter === null ? 0 : this._now() + retryAfter * 1000;
-    const paused = decision.state === BreakerState.OPEN;
-    this._timers.schedule('attempt', decision.delay * 1000, () => this._openSocket());
-    this._setState(paused ? ConnectionState.PAUSED : ConnectionState.RECONNECTING, {
-      delay: decision.delay, at, attempt: decision.attempt, failures: decision.failures, code, reason,
+    const at = this._now() + delay * 1000;
+    this._waitForAttempt(delay * 1000);
+    this._setState(state === PolicyState.OPEN ? ConnectionState.PAUSED : ConnectionState.RECONNECTING, {
+      delay, at, attempt, failures, code, reason,
     });
+  }
+
+  /** The attempt timer: when it fires, the policy says whether the attempt is due. */
+  _waitForAttempt(ms) {
+    this._timers.schedule('attempt', ms, () => {
+      if (this.policy.onTimer(this._seconds())) {
+        this._openSocket();
+      } else if (this.policy.retryAt !== null) {
+        // Fired before this connection's clock says so (timers and clocks drift): wait out the rest.
+        this._waitForAttempt(Math.max(1, (this.policy.retryAt - this._seconds()) * 1000));
+      }
+    });
+  }
+
+  /** Start the pending attempt now, where the policy allows it (see retryNow and nudge). */
+  _startEarly() {
+    if (this.policy.reconnectNow(this._seconds())) this._openSocket();
   }
 
   // -- receiving --------------------------------------------------------------------------
@@ -333,7 +353,7 @@ export class TetherConnection extends Emitter {
     this.head = hello.head;
     this.exit = null;
     this._input.resume(hello.input_acked ?? 0);
-    this.policy.succeeded();
+    this.policy.onConnected(this._seconds());
     this.emit('hello', hello);
     if (hello.gap > 0) this.emit('reset', 'gap');
     if (hello.restore) this.emit('restore', hello.restore);
@@ -415,8 +435,9 @@ export class TetherConnection extends Emitter {
 
   // -- plumbing ---------------------------------------------------------------------------
 
-  _isHeldBack() {
-    return this._now() < this._notBefore;
+  /** The policy's clock: this connection's, in seconds. */
+  _seconds() {
+    return this._now() / 1000;
   }
 
   _setState(state, info) {

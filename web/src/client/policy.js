@@ -1,169 +1,286 @@
 // The reconnection policy of docs/protocol.md, section 7, as a pure state machine: no timers, no
-// clock, no sockets. The caller reports what happened to each attempt; the policy answers with
-// a decision (stop, or retry after a delay in seconds). The caller owns the timers.
+// clock, no sockets. The same machine as tether.protocol.policy (the Python client), state names
+// and all: both run the vectors of tests/vectors/reconnect_policy.json. The caller passes the
+// time (seconds, any monotonic clock) into every input and owns the timers: it waits until
+// `retryAt`, then calls onTimer(now).
+//
+// States:
+//   connecting --hello--> connected --lost (retry code)--> waiting --due--> connecting
+//   connected  --lost (stop code)--> stopped
+//   connecting --attempt failed (< 5 in a row)--> waiting
+//   connecting --attempt failed (5th in a row)--> open --30 s or reconnectNow()--> half_open
+//   half_open  --trial failed--> open;  half_open --hello--> connected
+//   any        --stop code, or stop()--> stopped;  any --reset()--> connecting
 //
 // Rules:
-//   - reconnection attempt k (k = 1, 2, …) waits min(2^(k-1), maxDelay) s; a retry-after in the
-//     close reason makes it max(backoff, retry-after); a 1012 close of an established connection
-//     makes the first delay 0.
-//   - an attempt fails when it is closed (or times out) before its hello; `threshold` consecutive
-//     failures open the breaker: no attempt for `openSeconds`, then one half-open trial; its
-//     success closes the breaker, its failure opens it again.
+//   - what a close code means comes from the shared table (actionFor): stop, retry or retry_now;
+//     this module lists no code of its own.
+//   - reconnection attempt k (k = 1, 2, …) waits min(2^(k-1), 30) s; a retry-after in a close
+//     reason makes it max(backoff, retry-after); a loss with a retry_now code (1012) makes the
+//     first delay 0 (before a hello, such a code is an ordinary failure).
+//   - an attempt fails when it is closed (or times out) before its hello; 5 consecutive failures
+//     open the breaker: no attempt for 30 s, then one half-open trial; its success closes the
+//     breaker and resets the counts, its failure opens it again.
 //   - a stop code ends everything at once, whatever the breaker says.
-//   - the initial connection is attempt 0; when it fails, the next is attempt 1 (1 s), and that
-//     first failure is not counted (as in tether.policy, the Python client's policy).
+//   - the first connect is attempt 0; when it fails, the next is attempt 1 (1 s), and that first
+//     failure is not counted.
+//   - reconnectNow() (the user's "retry now") goes through the breaker: while open it starts the
+//     half-open trial early; while waiting, the pending attempt. Never before a retry-after.
 //   - `timeScale` multiplies the policy's own durations (backoff, open period) so tests run the
 //     schedule fast; a server's retry-after is never scaled.
-//
-// Breaker transitions, all made here:
-//   closed    --threshold-th failure--> open
-//   open      --startAttempt()-------> half_open   (the wait elapsed, or forceTrial())
-//   half_open --failure--------------> open
-//   half_open --success--------------> closed
-//   any       --stop code------------> stopped
 import { actionFor, retryAfterSeconds } from './close-codes.js';
 
-export const BreakerState = Object.freeze({
-  CLOSED: 'closed',
-  OPEN: 'open',
-  HALF_OPEN: 'half_open',
-  STOPPED: 'stopped',
+export const PolicyState = Object.freeze({
+  CONNECTING: 'connecting', // an attempt is in flight (the first connect or attempt k)
+  CONNECTED: 'connected', // a hello was received
+  WAITING: 'waiting', // breaker closed: waiting `delay` before attempt k
+  OPEN: 'open', // breaker open: no attempt until `retryAt`
+  HALF_OPEN: 'half_open', // the single trial attempt after the open period is in flight
+  STOPPED: 'stopped', // a stop code (or the user) ended reconnection for good
 });
 
 /**
- * @typedef {object} Decision
- * @property {'retry' | 'stop'} action
- * @property {number} delay    seconds to wait before the next attempt, scaled (0 when stopping)
- * @property {string} state    the breaker state after this decision
- * @property {number} attempt  the number k of the next attempt
- * @property {number} failures consecutive failed attempts so far
+ * The breaker alone (closed, open, half_open, stopped), as `policy.breakerState` reports it.
+ * @deprecated use PolicyState: `policy.state` names where the connection stands.
+ */
+export const BreakerState = Object.freeze({
+  CLOSED: 'closed', OPEN: 'open', HALF_OPEN: 'half_open', STOPPED: 'stopped',
+});
+
+export const MAX_BACKOFF = 30;
+export const FAILURES_TO_OPEN = 5;
+export const OPEN_SECONDS = 30;
+
+// Float clocks: a timer that fires at `retryAt` must find the attempt due.
+const EPSILON = 1e-6;
+
+// The inputs that report on an attempt or a connection, and the states that can have them.
+// Anything else is a caller error (PolicyError). onTimer, reconnectNow and stop are valid in
+// every state: they answer false, or do nothing, where they do not apply.
+const EXPECTED = {
+  onConnected: [PolicyState.CONNECTING, PolicyState.HALF_OPEN],
+  onAttemptFailed: [PolicyState.CONNECTING, PolicyState.HALF_OPEN],
+  onLost: [PolicyState.CONNECTED],
+};
+
+// Where a due (or forced) attempt starts from, and the state it starts in.
+const STARTS = new Map([[PolicyState.WAITING, PolicyState.CONNECTING], [PolicyState.OPEN, PolicyState.HALF_OPEN]]);
+
+/** The caller reported an event the current state cannot have (a bug in the caller). */
+export class PolicyError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = 'PolicyError';
+  }
+}
+
+/**
+ * The unscaled delay before reconnection attempt k (1-based): min(2^(k-1), 30) s.
+ * @param {number} attempt
+ */
+export function backoffDelay(attempt) {
+  if (!(attempt >= 1)) throw new RangeError('attempt numbers start at 1');
+  return Math.min(2 ** Math.min(attempt - 1, 16), MAX_BACKOFF);
+}
+
+/**
+ * @typedef {object} PolicySnapshot
+ * @property {string} state        a PolicyState
+ * @property {number} attempt      the number k of the next (or in-flight) attempt, 0 while connected
+ * @property {number} failures     consecutive failed attempts
+ * @property {number | null} delay seconds to wait (scaled), in waiting and open
+ * @property {number | null} retryAt when the wait ends, in the caller's clock (seconds)
+ */
+
+/**
+ * @typedef {PolicySnapshot & {code: number | null, reason: string}} PolicyEvent
+ * `code` and `reason` are those of the close that caused the change, when there was one.
  */
 
 export class ReconnectPolicy {
   /**
    * @param {object} [options]
-   * @param {number} [options.threshold=5]    consecutive failures that open the breaker
-   * @param {number} [options.openSeconds=30] how long the breaker stays open
-   * @param {number} [options.maxDelay=30]    backoff cap, seconds
-   * @param {number} [options.jitter=0]       0..1: shorten each backoff by up to this fraction
-   * @param {() => number} [options.random]   source for the jitter
-   * @param {number} [options.timeScale=1]    multiplies backoff and open period (not retry-after)
+   * @param {number} [options.timeScale=1]      multiplies backoff and open period (not retry-after)
+   * @param {number} [options.jitter=0]         0..1: shorten each backoff by up to this fraction
+   * @param {() => number} [options.random]     source for the jitter
+   * @param {number} [options.openSeconds=30]   how long the breaker stays open (before scaling)
+   * @param {number} [options.failuresToOpen=5] consecutive failures that open the breaker
+   * @param {number} [options.threshold]        the former name of failuresToOpen
    */
   constructor({
-    threshold = 5, openSeconds = 30, maxDelay = 30, jitter = 0, random = Math.random, timeScale = 1,
+    timeScale = 1, jitter = 0, random = Math.random, openSeconds = OPEN_SECONDS, threshold,
+    failuresToOpen = threshold ?? FAILURES_TO_OPEN,
   } = {}) {
     if (!(timeScale > 0)) throw new RangeError('timeScale must be positive');
     if (!(jitter >= 0 && jitter <= 1)) throw new RangeError('jitter must be within [0, 1]');
+    if (!(failuresToOpen >= 1)) throw new RangeError('failuresToOpen must be at least 1');
     this.timeScale = timeScale;
-    this.threshold = threshold;
-    this.openSeconds = openSeconds;
-    this.maxDelay = maxDelay;
     this.jitter = jitter;
+    this.openSeconds = openSeconds;
+    this.failuresToOpen = failuresToOpen;
     this._random = random;
-    this.reset();
+    /** @type {Array<(event: PolicyEvent) => void>} */
+    this._listeners = [];
+    this._state = PolicyState.CONNECTING;
+    this._attempt = 0;
+    this._failures = 0;
+    this._delay = null;
+    this._retryAt = null;
+    this._notBefore = null; // a server's retry-after: no attempt before it
   }
 
-  /** Forget every failure: a fresh start (a new session, a user's explicit reconnect). */
-  reset() {
-    this._state = BreakerState.CLOSED;
-    this._failures = 0;
-    this._attempt = 0;
-  }
+  // -- observation -----------------------------------------------------------------------
 
   get state() { return this._state; }
-  get failures() { return this._failures; }
-  /** The number k of the attempt in flight or the next one (0: the initial connection). */
   get attempt() { return this._attempt; }
-  get isStopped() { return this._state === BreakerState.STOPPED; }
+  get failures() { return this._failures; }
+  get delay() { return this._delay; }
+  get retryAt() { return this._retryAt; }
+  get isStopped() { return this._state === PolicyState.STOPPED; }
+  /** True while the breaker is open or its half-open trial is in flight. */
+  get isBreakerOpen() { return this._state === PolicyState.OPEN || this._state === PolicyState.HALF_OPEN; }
 
-  /** The backoff before attempt k, seconds, without retry-after or jitter. */
+  /** The breaker alone: closed, open, half_open or stopped. */
+  get breakerState() {
+    if (this._state === PolicyState.STOPPED) return BreakerState.STOPPED;
+    return this.isBreakerOpen ? this._state : BreakerState.CLOSED;
+  }
+
+  /**
+   * Call `listener` with a PolicyEvent on every state change; returns a function that removes it.
+   * @param {(event: PolicyEvent) => void} listener
+   */
+  addListener(listener) {
+    this._listeners.push(listener);
+    return () => { this._listeners = this._listeners.filter((l) => l !== listener); };
+  }
+
+  /** @returns {PolicySnapshot} */
+  snapshot() {
+    return {
+      state: this._state, attempt: this._attempt, failures: this._failures, delay: this._delay, retryAt: this._retryAt,
+    };
+  }
+
+  /** The backoff before attempt k, seconds, unscaled, without retry-after or jitter. */
   backoff(k) {
-    return Math.min(2 ** Math.max(k - 1, 0), this.maxDelay);
+    return backoffDelay(k);
   }
 
-  /**
-   * An attempt is about to be made. When the breaker is open this is its half-open trial.
-   * @returns {{attempt: number, trial: boolean}}
-   */
-  startAttempt() {
-    if (this._state === BreakerState.STOPPED) throw new Error('policy stopped: no more attempts');
-    if (this._state === BreakerState.OPEN) this._state = BreakerState.HALF_OPEN;
-    return { attempt: this._attempt, trial: this._state === BreakerState.HALF_OPEN };
-  }
+  // -- inputs ------------------------------------------------------------------------------
 
-  /** The attempt reached its hello: close the breaker, forget the failures. */
-  succeeded() {
-    if (this._state === BreakerState.STOPPED) return;
-    this._state = BreakerState.CLOSED;
-    this._failures = 0;
+  /** An attempt reached its hello: close the breaker and reset the counts. */
+  onConnected(now) {
+    this._expect('onConnected');
     this._attempt = 0;
+    this._failures = 0;
+    this._notBefore = null;
+    this._enter(PolicyState.CONNECTED, now);
   }
 
   /**
-   * A connection that had reached its hello was closed.
+   * The established connection was lost (or closed) with `code`.
+   * @param {number} now
    * @param {number} code
    * @param {string} [reason]
-   * @returns {Decision}
    */
-  connectionLost(code, reason) {
-    if (actionFor(code) === 'stop') return this._stop();
-    this._attempt = 1;
-    const first = actionFor(code) === 'retry_now' ? 0 : this._scaledBackoff(1);
-    return this._retry(this._withRetryAfter(first, reason));
-  }
-
-  /**
-   * An attempt ended before its hello: closed with `code`, or timed out (pass 1006).
-   * @param {number} code
-   * @param {string} [reason]
-   * @returns {Decision}
-   */
-  attemptFailed(code, reason) {
-    if (actionFor(code) === 'stop') return this._stop();
-    if (this._attempt > 0) this._failures += 1; // the initial connect is no reconnection attempt
-    this._attempt += 1;
-    if (this._state === BreakerState.HALF_OPEN || this._failures >= this.threshold) {
-      this._state = BreakerState.OPEN;
-      return this._retry(this._withRetryAfter(this.openSeconds * this.timeScale, reason));
+  onLost(now, code, reason = '') {
+    this._expect('onLost');
+    const action = actionFor(code);
+    if (action === 'stop') {
+      this._enter(PolicyState.STOPPED, now, { code, reason });
+      return;
     }
-    return this._retry(this._withRetryAfter(this._scaledBackoff(this._attempt), reason));
+    this._attempt = 1;
+    const delay = action === 'retry_now' ? 0 : this._scaledBackoff(1);
+    this._wait(PolicyState.WAITING, now, delay, code, reason);
   }
 
   /**
-   * A user asked to reconnect now: an open breaker goes straight to its half-open trial.
-   * @returns {Decision | null} null when stopped
+   * The current attempt reached no hello: refused, timed out (no code), or closed with `code`.
+   * Before a hello, a retry_now code is an ordinary failure: only a loss skips the wait.
+   * @param {number} now
+   * @param {number | null} [code]
+   * @param {string} [reason]
    */
-  forceTrial() {
-    if (this._state === BreakerState.STOPPED) return null;
-    return this._retry(0);
+  onAttemptFailed(now, code = null, reason = '') {
+    this._expect('onAttemptFailed');
+    if (code !== null && actionFor(code) === 'stop') {
+      this._enter(PolicyState.STOPPED, now, { code, reason });
+      return;
+    }
+    if (this._attempt > 0) this._failures += 1; // the first connect is no reconnection attempt
+    this._attempt += 1;
+    if (this._state === PolicyState.HALF_OPEN || this._failures >= this.failuresToOpen) {
+      this._wait(PolicyState.OPEN, now, this.openSeconds * this.timeScale, code, reason);
+      return;
+    }
+    this._wait(PolicyState.WAITING, now, this._scaledBackoff(this._attempt), code, reason);
   }
 
-  /** Stop for good (the user closed the terminal). */
-  stop() {
-    this._state = BreakerState.STOPPED;
+  /** Advance when `retryAt` has come; true when the caller must start an attempt now. */
+  onTimer(now) {
+    if (!STARTS.has(this._state) || !this._isDue(now)) return false;
+    this._enter(STARTS.get(this._state), now);
+    return true;
   }
 
-  /** A plain snapshot, for status lines and tests. */
-  statistics() {
-    return { state: this._state, failures: this._failures, attempt: this._attempt };
+  /**
+   * A user asked to reconnect: start the pending attempt early; true when one starts. While the
+   * breaker is open this is its half-open trial. Nothing happens while connecting, connected,
+   * stopped, or before a server's retry-after has passed.
+   */
+  reconnectNow(now) {
+    if (!STARTS.has(this._state) || this._isHeldBack(now)) return false;
+    this._enter(STARTS.get(this._state), now);
+    return true;
   }
 
-  _stop() {
-    this._state = BreakerState.STOPPED;
-    return { action: 'stop', delay: 0, ...this.statistics() };
+  /** End reconnection for good (the user closed, or the caller gives up). */
+  stop(now, code = null, reason = '') {
+    if (this._state !== PolicyState.STOPPED) this._enter(PolicyState.STOPPED, now, { code, reason });
   }
 
-  _retry(delay) {
-    return { action: 'retry', delay, ...this.statistics() };
+  /** Forget every failure and start a fresh first connect (a new session, a re-attach). */
+  reset(now) {
+    this._attempt = 0;
+    this._failures = 0;
+    this._notBefore = null;
+    this._enter(PolicyState.CONNECTING, now);
   }
 
-  _withRetryAfter(delay, reason) {
-    const after = retryAfterSeconds(reason);
-    return after === null ? delay : Math.max(delay, after);
-  }
+  // -- internals ---------------------------------------------------------------------------
 
   _scaledBackoff(k) {
-    const delay = this.backoff(k) * this.timeScale;
-    return this.jitter ? delay * (1 - this.jitter * this._random()) : delay;
+    const delay = backoffDelay(k);
+    return (this.jitter ? delay * (1 - this.jitter * this._random()) : delay) * this.timeScale;
+  }
+
+  _wait(state, now, delay, code, reason) {
+    // Only a close carries a server's retry-after; a refused or timed-out attempt has none.
+    const retryAfter = code === null ? null : retryAfterSeconds(reason);
+    this._notBefore = retryAfter === null ? null : now + retryAfter;
+    this._enter(state, now, { delay: retryAfter === null ? delay : Math.max(delay, retryAfter), code, reason });
+  }
+
+  _isDue(now) {
+    return this._retryAt === null || now >= this._retryAt - EPSILON;
+  }
+
+  _isHeldBack(now) {
+    return this._notBefore !== null && now < this._notBefore - EPSILON;
+  }
+
+  _expect(input) {
+    if (!EXPECTED[input].includes(this._state)) throw new PolicyError(`${input} in state ${this._state}`);
+  }
+
+  /** The one place where the state changes and listeners hear of it. */
+  _enter(state, now, { delay = null, code = null, reason = '' } = {}) {
+    this._state = state;
+    this._delay = delay;
+    this._retryAt = delay === null ? null : now + delay;
+    const event = { ...this.snapshot(), code, reason };
+    for (const listener of [...this._listeners]) listener(event);
   }
 }
