@@ -8,7 +8,7 @@
 //   connection.on('state', (info) => showStatus(info));
 //   connection.connect();
 export { actionFor, closeCodeMeaning, closeCodeName, isStopCode, retryAfterSeconds } from './client/close-codes.js';
-export { BreakerState, ReconnectPolicy } from './client/policy.js';
+export { BreakerState, PolicyError, PolicyState, ReconnectPolicy, backoffDelay } from './client/policy.js';
 export { InputQueue, MAX_FRAME_BYTES } from './client/input-queue.js';
 export {
   ConnectionState, DEFAULT_TIMINGS, PROTOCOL, TetherConnection, newClientId,

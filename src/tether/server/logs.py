@@ -128,7 +128,12 @@ def remove(handlers: list[logging.Handler]) -> None:
 
 # Default level of each event; everything else is info. Storm refusals that do not trip a
 # breaker are logged at debug by the server (a storm must not flood the log it is seen in).
-_EVENT_LEVELS = {"error": logging.ERROR, "storm": logging.WARNING, "breaker": logging.WARNING}
+_EVENT_LEVELS = {
+    "error": logging.ERROR,
+    "storm": logging.WARNING,
+    "breaker": logging.WARNING,
+    "store_error": logging.WARNING,
+}
 
 
 def log_event(event: str, **fields: Any) -> None:
