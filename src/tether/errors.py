@@ -6,6 +6,7 @@ TetherError
 │   └── InvalidParameter   4000: a query parameter is malformed (names it)
 ├── SpawnError             the shell could not be started
 ├── RecordError            a stored session record or tombstone cannot be read (names the field)
+├── IllegalTransition      a session event its state does not allow (a bug in the caller)
 └── ClientError            raised by the client library
     ├── SessionEnded       the session is gone for good (stop code: 4004, 4012, 4013, …)
     └── ConnectFailed      a connect attempt failed (unreachable, timeout, retry code)
@@ -44,6 +45,18 @@ class InvalidParameter(Refusal):
     def __init__(self, parameter: str, message: str) -> None:
         super().__init__(CloseCode.BAD_REQUEST, f"{parameter}: {message}")
         self.parameter = parameter
+
+
+class IllegalTransition(TetherError):
+    """An event the session's state does not allow: the caller misused the session (a bug).
+
+    ``state`` and ``event`` are the names (enum values) of the state and the refused event.
+    """
+
+    def __init__(self, state: str, event: str) -> None:
+        super().__init__(f"session event {event!r} is not allowed in state {state!r}")
+        self.state = state
+        self.event = event
 
 
 class SpawnError(TetherError):

@@ -30,7 +30,7 @@ _shells: set[int] = set()  # shells spawned here and not yet reaped (each leads 
 _ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
 
 
-@dataclass
+@dataclass(slots=True)
 class PtyProcess:
     """A shell running on the slave side of a PTY whose master ``fd`` the server holds."""
 

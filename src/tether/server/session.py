@@ -1,60 +1,49 @@
 """One terminal session: a shell on a PTY, its output ring, its attached clients, its state.
 
-The session reads the PTY whenever the slowest attached client has room (docs/protocol.md, section
-5):
-a client's ``position`` is the next stream byte it must receive, and the ring is never trimmed
-below it, so an attached client never sees a gap and a fast program is slowed instead of
-buffered without bound. With no client attached the session reads freely and the ring drops the
-oldest bytes, feeding them to the mode tracker that later rebuilds the screen modes.
+This module is the session's I/O: it reads the PTY when flow control allows, writes input,
+resizes, and starts the ending of its processes. The rest lives in modules of their own: flow
+control and replay planning in :mod:`tether.protocol.flow`, screen restore in
+:mod:`tether.protocol.restore`, the states and their transitions in :mod:`tether.server.state`,
+ending processes in :mod:`tether.server.ending`.
+
+The session reads the PTY whenever the slowest attached client has room (docs/protocol.md,
+section 5). With no client attached it reads freely and the ring drops the oldest bytes, feeding
+them to the mode tracker that later rebuilds the screen modes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
-import signal
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tether.errors import InvalidParameter
+from tether.protocol import flow
 from tether.protocol.codes import CloseCode
+from tether.protocol.flow import MAX_READ
 from tether.protocol.modes import ModeTracker
 from tether.protocol.ring import RingBuffer
-from tether.server import pty
+from tether.server import ending, pty
+from tether.server.state import EndReason, SessionEvent, SessionState, next_state
 
-MAX_READ = 256 * 1024
-_MAX_INPUT_IDS = 256
-_SAFE_START_STEP = 4096
+# Names the other modules import from here (EndReason and SessionState live in state.py).
+__all__ = [
+    "MAX_READ",
+    "AttachResult",
+    "Client",
+    "ClientSink",
+    "EndReason",
+    "Session",
+    "SessionInfo",
+    "SessionState",
+]
 
-
-class SessionState(enum.Enum):
-    """``starting → attached ⇄ detached → ended``."""
-
-    STARTING = "starting"
-    ATTACHED = "attached"
-    DETACHED = "detached"
-    ENDED = "ended"
-
-
-class EndReason(enum.Enum):
-    """Why a session ended, and the close code its clients (and tombstone) carry."""
-
-    EXITED = (CloseCode.EXITED, "shell exited")
-    REAPED = (CloseCode.NOT_FOUND, "session idle-reaped")
-    KILLED = (CloseCode.TERMINATED, "session terminated by an operator")
-    SHUTDOWN = (CloseCode.GOING_AWAY, "server shutting down")
-
-    @property
-    def code(self) -> int:
-        return int(self.value[0])
-
-    @property
-    def reason(self) -> str:
-        return str(self.value[1])
+_MAX_INPUT_IDS = 256  # input counts kept per session (the most recently used client ids)
+_NUDGE_DELAY = 0.05  # seconds between the two resizes of a redraw nudge
 
 
+# ----------------------------------------------------------------------------- clients
 class ClientSink(Protocol):
     """What a connection front (aiohttp, ASGI, …) gives the session to reach its client."""
 
@@ -68,9 +57,14 @@ class ClientSink(Protocol):
         """Close the connection now with ``code`` and ``reason``."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Client:
-    """One attached connection: where it is in the stream and how to reach it."""
+    """One attached connection: where it is in the stream and how to reach it.
+
+    The front advances ``position`` by the bytes it sent, then calls
+    :meth:`Session.client_progressed`. ``final`` is set when the session ended: (message to send
+    once caught up, close code, reason).
+    """
 
     sink: ClientSink
     client_id: str | None
@@ -82,7 +76,7 @@ class Client:
     final: tuple[dict[str, Any] | None, int, str] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttachResult:
     client: Client
     hello: dict[str, Any]
@@ -104,6 +98,10 @@ class SessionInfo:
     input_counts: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
 
+_PendingInput = tuple[str, memoryview, asyncio.Future[None] | None]
+
+
+# ----------------------------------------------------------------------------- session
 class Session:
     """A shell on a PTY with its ring buffer and clients; create it through the manager."""
 
@@ -118,7 +116,7 @@ class Session:
         self.info = info
         self.process = process
         self.ring = RingBuffer(buffer_size)
-        self.tail_modes = ModeTracker()
+        self.tail_modes = ModeTracker()  # fed every byte the ring drops: the modes at its tail
         self.clients: list[Client] = []
         self.state = SessionState.STARTING
         self.detached_since: float = clock()
@@ -128,16 +126,22 @@ class Session:
         self._clock = clock
         self._on_exit = on_exit
         self._loop = asyncio.get_running_loop()
-        self._max_read = max(1024, min(MAX_READ, buffer_size // 2))
+        self._max_read = flow.max_read_for(buffer_size)
         self._reading = False
         self._end_of_file = False
-        self._pending_input: list[tuple[str, memoryview, asyncio.Future[None] | None]] = []
+        self._pending_input: list[_PendingInput] = []
         self._writer_registered = False
         self._exit_status: tuple[int | None, int | None] | None = None
         self._exit_drain_budget = 0
         self._start_reading()
         if process.pidfd >= 0:
             self._loop.add_reader(process.pidfd, self._on_child_event)
+
+    def _transition(self, event: SessionEvent) -> None:
+        """The one place where ``state`` changes (the table: ``tether.server.state``)."""
+        self.state = next_state(self.state, event)
+        if self.state is SessionState.DETACHED:
+            self.detached_since = self._clock()  # idle time counts from the last detach
 
     # ----------------------------------------------------------------- output
     def _start_reading(self) -> None:
@@ -151,20 +155,14 @@ class Session:
             self._reading = False
 
     def _read_room(self) -> int:
-        if not self.clients:
-            return self._max_read
-        lag = self.ring.head - min(client.position for client in self.clients)
-        return min(self._max_read, self.ring.capacity - lag)
+        return flow.read_room(self.ring.head, self.ring.capacity, self._max_read, self.clients)
 
     def _on_readable(self) -> None:
         room = self._read_room()
         if room <= 0:
             self._stop_reading()  # flow control: resumed by client_progressed()
             return
-        try:
-            data, end_of_file = self.process.read_available(room)
-        except OSError:
-            data, end_of_file = b"", True
+        data, end_of_file = self._read(room)
         if data:
             self._append_output(data)
         if end_of_file:
@@ -173,6 +171,12 @@ class Session:
             self._stop_reading()
             if self.process.pidfd < 0:
                 self._on_child_event()
+
+    def _read(self, limit: int) -> tuple[bytes, bool]:
+        try:
+            return self.process.read_available(limit)
+        except OSError:
+            return b"", True
 
     def _append_output(self, data: bytes) -> None:
         self.ring.append(data, self.tail_modes.feed)
@@ -183,14 +187,12 @@ class Session:
         """A client sent more of the stream: resume reading if flow control had paused it."""
         if self._exit_status is not None:
             self._drain_after_exit()
-        elif not self._reading and self._read_room() >= min(self._max_read, 16384):
+        elif not self._reading and flow.may_resume(self._read_room(), self._max_read):
             self._start_reading()
 
     def read_for(self, client: Client, limit: int = MAX_READ) -> bytes:
         """The next bytes ``client`` must receive (empty when it is caught up)."""
-        if client.position >= self.ring.head:
-            return b""
-        return self.ring.read(client.position, limit)
+        return flow.next_output(self.ring, client.position, limit)
 
     # ----------------------------------------------------------------- attach / detach
     def attach(
@@ -202,63 +204,44 @@ class Session:
         created: bool,
         size: tuple[int, int] | None,
     ) -> AttachResult:
-        """Attach a client; compute its replay start, gap and restore. Never awaits."""
-        head = self.ring.head
-        if offset is not None and offset > head and not created:
-            raise InvalidParameter("offset", f"beyond the end of the stream ({head})")
-        restore, nudge = "", False
-        if created or (offset is not None and offset >= self.ring.tail):
-            replay_from = head if created else offset
-            assert replay_from is not None
-        elif self.ring.tail == 0:
-            replay_from = 0
-        else:
-            replay_from, restore, nudge = self._plan_restore()
-        gap = replay_from - offset if offset is not None and not created else 0
-        gap = max(gap, 0)
-        self._replace_client_id(client_id)
-        client = Client(sink, client_id, input_key, replay_from, head, nudge_after_replay=nudge)
+        """Attach a client; compute its replay start, gap and restore. Never awaits.
+
+        Raises InvalidParameter for an offset beyond the head (nothing changes then), and
+        IllegalTransition on an ended session.
+        """
+        replay = flow.plan_replay(self.ring, self.tail_modes, offset, created)
+        self._transition(SessionEvent.ATTACH)
+        client = Client(sink, client_id, input_key, replay.replay_from, replay.head, replay.nudge)
         self.clients.append(client)
-        self.state = SessionState.ATTACHED
+        self._replace_client_id(client)
         self.info.last_activity = self._clock()
         if size is not None and not created:
             self.resize(*size, origin=client)
-        hello = {
+        return AttachResult(client, self._hello(replay, created, input_key))
+
+    def _hello(self, replay: flow.Replay, created: bool, input_key: str) -> dict[str, Any]:
+        return {
             "type": "hello",
             "protocol": 1,
             "session": self.info.session_id,
             "project": self.info.project,
             "key": self.info.key,
             "created": created,
-            "replay_from": replay_from,
-            "gap": gap,
-            "head": head,
+            "replay_from": replay.replay_from,
+            "gap": replay.gap,
+            "head": replay.head,
             "input_acked": self.info.input_counts.get(input_key, 0),
-            "restore": restore,
+            "restore": replay.restore,
             "cols": self.info.cols,
             "rows": self.info.rows,
         }
-        return AttachResult(client, hello)
 
-    def _plan_restore(self) -> tuple[int, str, bool]:
-        tracker = self.tail_modes.copy()
-        position = self.ring.tail
-        while tracker.is_mid_sequence and position < self.ring.head:
-            following = self.ring.read(position, _SAFE_START_STEP)
-            skip = tracker.safe_start(following)
-            tracker.feed(following[:skip])
-            position += skip
-            if skip < len(following):
-                break
-        restore = tracker.modes.restore_sequence()
-        current = tracker.copy()
-        current.feed(self.ring.read(position, self.ring.head - position))
-        return position, restore, current.modes.alt_screen
-
-    def _replace_client_id(self, client_id: str | None) -> None:
+    def _replace_client_id(self, newer: Client) -> None:
+        """Close the older connections of ``newer``'s client id (attached before it)."""
+        client_id = newer.client_id
         if client_id is None:
             return
-        for old in [c for c in self.clients if c.client_id == client_id]:
+        for old in [c for c in self.clients if c.client_id == client_id and c is not newer]:
             self.detach(old)
             old.sink.close(CloseCode.REPLACED, "replaced by a newer connection of this client")
         # Input of this client id not yet written is dropped: the new connection learns the
@@ -279,11 +262,10 @@ class Session:
         client.active = False
         if client in self.clients:
             self.clients.remove(client)
+            if not self.clients:
+                self._transition(SessionEvent.LAST_DETACH)
         if client.client_id is None:
             self.info.input_counts.pop(client.input_key, None)
-        if not self.clients and self.state is SessionState.ATTACHED:
-            self.state = SessionState.DETACHED
-            self.detached_since = self._clock()
         self.info.last_activity = self._clock()
         self.client_progressed()
 
@@ -299,7 +281,7 @@ class Session:
         if self.state is SessionState.ENDED:
             return
         self.process.resize(cols, max(1, rows - 1) if rows > 1 else rows + 1)
-        self._loop.call_later(0.05, self._restore_size)
+        self._loop.call_later(_NUDGE_DELAY, self._restore_size)
 
     def _restore_size(self) -> None:
         if self.state is not SessionState.ENDED:
@@ -344,8 +326,8 @@ class Session:
             input_key, view, future = self._pending_input[0]
             try:
                 written = self.process.write(view)
-            except OSError as exc:
-                self._fail_pending_input(exc)
+            except OSError:
+                self._fail_pending_input()
                 return
             self._count_input(input_key, written)
             if written < len(view):
@@ -357,7 +339,8 @@ class Session:
         self._loop.remove_writer(self.process.fd)
         self._writer_registered = False
 
-    def _fail_pending_input(self, exc: BaseException | None = None) -> None:
+    def _fail_pending_input(self) -> None:
+        """Give up the input not yet written (never counted, so a client re-sends it)."""
         if self._writer_registered:
             self._loop.remove_writer(self.process.fd)
             self._writer_registered = False
@@ -377,29 +360,29 @@ class Session:
             if client is not origin:
                 client.sink.send_message({"type": "resize", "cols": cols, "rows": rows})
 
-    # ----------------------------------------------------------------- ending
+    # ----------------------------------------------------------------- exit and ending
     def _on_child_event(self) -> None:
         status = self.process.poll_exit()
         if status is None or self._exit_status is not None:
             return
-        if self.process.pidfd >= 0:
-            self._loop.remove_reader(self.process.pidfd)
+        self._stop_watching_child()
         self._stop_reading()
         self._exit_status = status
         # What the shell printed last is still in the PTY: deliver it before ending, within
         # flow control (client_progressed resumes this), and bounded in case a job keeps writing.
-        self._exit_drain_budget = 2 * self.ring.capacity + 65536
+        self._exit_drain_budget = flow.exit_drain_budget(self.ring.capacity)
         self._drain_after_exit()
+
+    def _stop_watching_child(self) -> None:
+        if self.process.pidfd >= 0:
+            self._loop.remove_reader(self.process.pidfd)
 
     def _drain_after_exit(self) -> None:
         while self._exit_drain_budget > 0:
             room = min(self._read_room(), self._exit_drain_budget)
             if room <= 0:
-                return
-            try:
-                data, end_of_file = self.process.read_available(room)
-            except OSError:
-                data, end_of_file = b"", True
+                return  # a client must take more first: client_progressed() comes back here
+            data, end_of_file = self._read(room)
             self._exit_drain_budget -= len(data)
             if data:
                 self._append_output(data)
@@ -413,14 +396,22 @@ class Session:
     def end(
         self, reason: EndReason, kill_grace: float, exit_status: tuple[Any, Any] = (None, None)
     ) -> None:
-        """End the session now: clients get their final message, processes are ended."""
+        """End the session now: clients get their final message, processes are ended.
+
+        Ending an ended session does nothing (an exit and a kill may race: the first wins).
+        ``terminated`` is set once every process is gone and the fds are closed.
+        """
         if self.state is SessionState.ENDED:
             return
-        self.state = SessionState.ENDED
+        self._transition(SessionEvent.END)
+        self._exit_status, self._exit_drain_budget = None, 0  # an exit still draining is moot
         self._stop_reading()
         self._fail_pending_input()
-        if self.process.pidfd >= 0:
-            self._loop.remove_reader(self.process.pidfd)
+        self._stop_watching_child()
+        self._send_final(reason, exit_status)
+        self.ending = self._loop.create_task(self._end_processes(kill_grace))
+
+    def _send_final(self, reason: EndReason, exit_status: tuple[Any, Any]) -> None:
         message = None
         if reason is EndReason.EXITED:
             message = {"type": "exit", "code": exit_status[0], "signal": exit_status[1]}
@@ -432,52 +423,12 @@ class Session:
             else:
                 client.active = False
                 client.sink.close(reason.code, reason.reason)
-        self.ending = self._loop.create_task(self._end_processes(kill_grace))
 
     async def _end_processes(self, kill_grace: float) -> None:
-        sid = self.process.pid
-        everyone: set[int] = {sid}
         try:
-            found = await self._signal_session(sid, (signal.SIGHUP, signal.SIGCONT))
-            everyone.update(found)
-            if await self._still_running(found, kill_grace):
-                found = await self._signal_session(sid, (signal.SIGKILL,))
-                everyone.update(found)
-                await self._still_running(found, 2.0)
-            await self._reap_all(everyone)
+            await ending.end_processes(self.process, kill_grace)
         finally:
-            self.process.close_fds()
             self.terminated.set()
-
-    @staticmethod
-    async def _signal_session(sid: int, signals: tuple[int, ...]) -> list[int]:
-        # As a subreaper the server finds the session's processes in a few reads of /proc; else
-        # it must read all of /proc, slow with thousands of processes: in a thread.
-        members = pty.session_members(sid)
-        if members is None:
-            return await asyncio.to_thread(pty.signal_session, sid, signals)
-        return pty.signal_session(sid, signals, members)
-
-    async def _still_running(self, pids: list[int], timeout: float) -> list[int]:
-        """Wait up to ``timeout`` for ``pids`` to end; returns those still running."""
-        deadline = self._loop.time() + timeout
-        running = list(pids)
-        while running:
-            pty.reap(running)
-            running = [pid for pid in running if not pty.is_zombie_or_gone(pid)]
-            if not running or self._loop.time() >= deadline:
-                break
-            await asyncio.sleep(0.02)
-        return running
-
-    async def _reap_all(self, pids: set[int]) -> None:
-        # The server is a child subreaper, so orphaned jobs are its children: collect them.
-        for _ in range(50):
-            pty.reap(list(pids))
-            pids = {pid for pid in pids if pty.exists(pid)}
-            if not pids:
-                return
-            await asyncio.sleep(0.01)
 
     # ----------------------------------------------------------------- facts
     @property
