@@ -105,7 +105,9 @@ async def main():
         "sessions",
         len(
             runner.app[
-                __import__("tether.server.aiohttp_front.context", fromlist=["SERVER_KEY"]).SERVER_KEY
+                __import__(
+                    "tether.server.aiohttp_front.context", fromlist=["SERVER_KEY"]
+                ).SERVER_KEY
             ].manager.sessions
         ),
     )

@@ -6,10 +6,18 @@ TetherError
 │   └── InvalidParameter   4000: a query parameter is malformed (names it)
 ├── SpawnError             the shell could not be started
 ├── RecordError            a stored session record or tombstone cannot be read (names the field)
-├── IllegalTransition      a session event its state does not allow (a bug in the caller)
+├── RegistryUnavailable    Redis (the shared store and node registry) cannot be reached in time
+├── MisuseError            the caller used an object in a way its state does not allow (a bug)
+│   ├── IllegalTransition  a session event its state does not allow
+│   ├── LocalProtocolError the client protocol driven out of order
+│   └── PolicyError        the reconnection policy told of an event its state cannot have
 └── ClientError            raised by the client library
     ├── SessionEnded       the session is gone for good (stop code: 4004, 4012, 4013, …)
-    └── ConnectFailed      a connect attempt failed (unreachable, timeout, retry code)
+    ├── ConnectFailed      a connect attempt failed (unreachable, timeout, retry code)
+    └── RemoteProtocolError the server broke the protocol (the client closes with 1002)
+
+Two kinds of error, as h11 has them: ``MisuseError`` is a bug in the code that called tether;
+``RemoteProtocolError`` and ``Refusal`` are a peer that misbehaved or was refused.
 """
 
 from __future__ import annotations
@@ -47,7 +55,19 @@ class InvalidParameter(Refusal):
         self.parameter = parameter
 
 
-class IllegalTransition(TetherError):
+class MisuseError(TetherError, RuntimeError):
+    """The caller used an object in a way its current state does not allow: a bug in the caller."""
+
+
+class LocalProtocolError(MisuseError):
+    """The client protocol was driven in a way its state does not allow."""
+
+
+class PolicyError(MisuseError):
+    """The caller reported an event the reconnection policy's state cannot have."""
+
+
+class IllegalTransition(MisuseError):
     """An event the session's state does not allow: the caller misused the session (a bug).
 
     ``state`` and ``event`` are the names (enum values) of the state and the refused event.
@@ -74,6 +94,14 @@ class RecordError(TetherError):
         self.message = message
 
 
+class RegistryUnavailable(TetherError):
+    """The shared store or cluster registry (Redis) did not answer: refused, reset or timed out.
+
+    Raised instead of redis-py's ``ConnectionError``/``TimeoutError`` (the original is the
+    ``__cause__``); what needs the registry is refused with a retry code (1013) meanwhile.
+    """
+
+
 class ClientError(TetherError):
     """Base of the client library's errors."""
 
@@ -94,3 +122,13 @@ class ConnectFailed(ClientError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class RemoteProtocolError(ClientError):
+    """The server broke the protocol: the client closes with 1002 and ``reason``."""
+
+    code = CloseCode.PROTOCOL_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"protocol error: {message}")
+        self.reason = clip_reason(message)

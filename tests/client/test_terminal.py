@@ -1,190 +1,30 @@
-"""The client library against an in-process fake server (wire-level behaviour, fast, exact).
+"""The client library against an in-process fake server (wire-level behaviour, fast, exact),
+and against a real server (through a TCP proxy, or a relay that corrupts the stream).
 
-The fake speaks the wire protocol over a real aiohttp WebSocket on 127.0.0.1; its "shell" echoes
-input back as output, so the tests can check the exact output stream and exactly-once input.
-Tests against the real server live in tests/test_attach.py and tests/test_check.py.
+The fake (tests/client/fake_server.py) speaks the wire protocol over a real aiohttp WebSocket on
+127.0.0.1; its "shell" echoes input back as output, so the tests can check the exact output stream
+and exactly-once input. Tests wait on conditions re-checked at every event, never on sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import itertools
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
 
+from tests.client.fake_server import FakeServer, Relay, until
 from tests.support.server import ServerProcess, start_server
-from tether.client import Connected, Disconnected, Gap, Latency, Terminal, connect
+from tether.client import Connected, Disconnected, Gap, Latency, ServerError, Terminal, connect
 from tether.client import terminal as client
 from tether.errors import ConnectFailed, SessionEnded
 from tether.protocol.policy import PolicyEvent, ReconnectPolicy, State
 from tether.tools.check_probe import Probe, end_shell
 from tether.tools.proxy import TcpProxy
-
-Outbox = asyncio.Queue[bytes | str | None]
-
-
-@dataclass
-class FakeSession:
-    session_id: str
-    output: bytearray = field(default_factory=bytearray)
-    input_counts: dict[str, int] = field(default_factory=dict)
-    clients: list[asyncio.Queue[bytes | str | None]] = field(default_factory=list)
-    dropped: int = 0  # output bytes no longer buffered (for gaps)
-
-    def append(self, data: bytes) -> None:
-        self.output += data
-        for queue in self.clients:
-            queue.put_nowait(bytes(data))
-
-
-class FakeServer:
-    """Start with ``await FakeServer().start()``; stop with ``await server.stop()``."""
-
-    def __init__(self) -> None:
-        self.sessions: dict[str, FakeSession] = {}
-        self.refusals: list[tuple[int, str]] = []  # close codes for the next connects, in order
-        self.send_acks = True
-        self.accept_input = True
-        self.connects: list[dict[str, str]] = []
-        self.sockets: list[web.WebSocketResponse] = []
-        self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def start(self) -> FakeServer:
-        app = web.Application()
-        app.router.add_get("/ws/terminal", self._handle)
-        app.router.add_get("/api/projects", self._projects)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def stop(self) -> None:
-        await self.drop_all()
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def drop_all(self, code: int | None = None) -> None:
-        """Close every connection: with ``code``, or abruptly (the client sees 1006)."""
-        for ws in list(self.sockets):
-            if code is None:
-                transport = ws._req.transport if ws._req else None  # type: ignore[union-attr]
-                if transport is not None:
-                    transport.abort()
-            else:
-                await ws.close(code=code, message=b"test")
-
-    async def _projects(self, request: web.Request) -> web.Response:
-        return web.json_response([{"id": "default"}, {"id": "other"}])
-
-    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(protocols=("tether.v1",))
-        await ws.prepare(request)
-        query = dict(request.query)
-        self.connects.append(query)
-        if self.refusals:
-            code, reason = self.refusals.pop(0)
-            await ws.close(code=code, message=reason.encode())
-            return ws
-        session = self._find_or_create(query)
-        if session is None:
-            await ws.close(code=4004, message=b"session not found")
-            return ws
-        self.sockets.append(ws)
-        try:
-            await self._serve(ws, session, query)
-        finally:
-            self.sockets.remove(ws)
-        return ws
-
-    def _find_or_create(self, query: dict[str, str]) -> FakeSession | None:
-        session_id = query.get("session")
-        if session_id in self.sessions:
-            return self.sessions[session_id]
-        if query.get("create") == "0":
-            return None
-        session_id = session_id or f"session_1754900000000_fake{next(self._ids):016d}"
-        session = self.sessions[session_id] = FakeSession(session_id)
-        return session
-
-    def _hello(self, session: FakeSession, query: dict[str, str], created: bool) -> dict[str, Any]:
-        offset = int(query["offset"]) if "offset" in query and not created else None
-        replay_from = session.dropped if offset is None else max(offset, session.dropped)
-        gap = replay_from - offset if offset is not None else 0
-        client = query.get("client", "")
-        return {
-            "type": "hello", "protocol": 1, "session": session.session_id, "project": "default",
-            "key": f"{session.session_id}:{query.get('project')}", "created": created,
-            "replay_from": replay_from, "gap": gap, "head": len(session.output),
-            "input_acked": session.input_counts.get(client, 0), "restore": "",
-            "cols": int(query.get("cols", 80)), "rows": int(query.get("rows", 24)),
-            "heartbeat": 25,
-        }  # fmt: skip
-
-    async def _serve(
-        self, ws: web.WebSocketResponse, session: FakeSession, query: dict[str, str]
-    ) -> None:
-        created = not session.output and not session.input_counts
-        hello = self._hello(session, query, created)
-        queue: asyncio.Queue[bytes | str | None] = asyncio.Queue()
-        await ws.send_str(json.dumps(hello))
-        backlog = bytes(session.output[hello["replay_from"] :])
-        if backlog:
-            queue.put_nowait(backlog)
-        session.clients.append(queue)
-        sender = asyncio.create_task(self._send_loop(ws, queue))
-        try:
-            async for message in ws:
-                await self._receive(ws, session, query.get("client", ""), message, queue)
-        finally:
-            session.clients.remove(queue)
-            queue.put_nowait(None)
-            with contextlib.suppress(Exception):
-                await sender
-
-    async def _send_loop(self, ws: web.WebSocketResponse, queue: Outbox) -> None:
-        while (item := await queue.get()) is not None:
-            with contextlib.suppress(Exception):
-                if isinstance(item, bytes):
-                    await ws.send_bytes(item)
-                else:
-                    await ws.send_str(item)
-
-    async def _receive(
-        self,
-        ws: web.WebSocketResponse,
-        session: FakeSession,
-        client: str,
-        message: Any,
-        queue: Outbox,
-    ) -> None:
-        if message.type.name == "BINARY" and self.accept_input:
-            session.input_counts[client] = session.input_counts.get(client, 0) + len(message.data)
-            session.append(message.data)
-            if self.send_acks:
-                ack = {"type": "ack", "input": session.input_counts[client]}
-                queue.put_nowait(json.dumps(ack))
-        elif message.type.name == "TEXT":
-            data = json.loads(message.data)
-            if data["type"] == "ping":
-                queue.put_nowait(json.dumps({"type": "pong", "t": data["t"]}))
-            elif data["type"] == "resize":
-                queue.put_nowait(json.dumps({"type": "error", "code": "seen", "message": "ok"}))
 
 
 # ------------------------------------------------------------------------------------ tests
@@ -206,13 +46,7 @@ async def collect(term: Terminal, size: int, timeout: float = 10) -> bytes:
 
 
 async def reconnected(term: Terminal, server: FakeServer, connects: int = 2) -> None:
-    await eventually(lambda: len(server.connects) >= connects and term.is_connected)
-
-
-async def eventually(predicate: Any, timeout: float = 10) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
+    await until(lambda: len(server.connects) >= connects and term.is_connected, term, server)
 
 
 @pytest.mark.parametrize(
@@ -258,7 +92,7 @@ async def test_connect_send_and_receive(server: FakeServer) -> None:
         await term.send(b"world")
         assert await collect(term, 11) == b"hello world"
         assert term.position == 11
-        await eventually(lambda: term.unacknowledged == 0)
+        assert term.unacknowledged == 0  # the fake acks before it echoes
         assert term.input_acked == 11
     query = server.connects[0]
     assert "create" not in query and "offset" not in query
@@ -300,7 +134,7 @@ async def test_resume_sends_its_position_as_offset(server: FakeServer) -> None:
         await term.send("12345")
         await collect(term, 5)
         await server.drop_all()
-        await eventually(lambda: len(server.connects) == 2 and term.is_connected)
+        await reconnected(term, server)
         assert server.connects[1]["offset"] == "5"
         assert term.hello["replay_from"] == 5
 
@@ -310,7 +144,7 @@ async def test_input_written_but_not_acked_is_not_sent_again(server: FakeServer)
         server.send_acks = False
         await term.send("abc")
         session = server.sessions[term.session_id or ""]
-        await eventually(lambda: session.input_counts.get(term.client_id) == 3)
+        await until(lambda: session.input_counts.get(term.client_id) == 3, server)
         assert term.unacknowledged == 3
         server.send_acks = True
         await server.drop_all()
@@ -326,7 +160,7 @@ async def test_input_lost_with_the_connection_is_sent_again(server: FakeServer) 
     async with connect(server.url, project="default", time_scale=0.001) as term:
         server.accept_input = False
         await term.send("xyz")
-        await asyncio.sleep(0.05)
+        await until(lambda: server.input_frames == 1, server)  # arrived, and was not written
         server.accept_input = True
         await server.drop_all()
         assert await collect(term, 3) == b"xyz"
@@ -336,7 +170,7 @@ async def test_input_lost_with_the_connection_is_sent_again(server: FakeServer) 
 async def test_input_sent_while_disconnected_is_delivered_once(server: FakeServer) -> None:
     async with connect(server.url, project="default", time_scale=0.05) as term:
         await server.drop_all()
-        await eventually(lambda: not term.is_connected)
+        await until(lambda: not term.is_connected, term)
         await term.send("while-away")
         assert await collect(term, 10) == b"while-away"
 
@@ -403,7 +237,7 @@ async def test_retry_after_is_honoured_in_real_seconds(server: FakeServer) -> No
     server.refusals.append((4129, "retry-after=1"))
     loop = asyncio.get_running_loop()
     await server.drop_all()
-    await eventually(lambda: len(server.connects) == 2)
+    await until(lambda: len(server.connects) == 2, server)
     refused_at = loop.time()
     await reconnected(term, server, 3)
     assert loop.time() - refused_at >= 0.95
@@ -430,7 +264,7 @@ async def test_reconnect_now_forces_half_open_trial(server: FakeServer) -> None:
     events: list[PolicyEvent] = []
     term.add_listener(lambda e: events.append(e) if isinstance(e, PolicyEvent) else None)
     await server.drop_all()
-    await eventually(lambda: term.state is State.OPEN, timeout=10)
+    await until(lambda: term.state is State.OPEN, term)
     assert term.reconnect_now()
     await reconnected(term, server, 7)
     assert [e.state for e in events][-2:] == [State.HALF_OPEN, State.CONNECTED]
@@ -442,7 +276,7 @@ async def test_ping_measures_latency_and_heartbeat_emits_it(server: FakeServer) 
         assert 0 <= await term.ping() < 5
         seen: list[Latency] = []
         term.add_listener(lambda e: seen.append(e) if isinstance(e, Latency) else None)
-        await eventually(lambda: bool(seen))
+        await until(lambda: bool(seen), term)
         assert term.latency is not None
 
 
@@ -474,17 +308,13 @@ async def test_gap_is_surfaced_and_screen_reset_in_screen_mode(server: FakeServe
 
 async def test_events_iterator_ends_when_stopped(server: FakeServer) -> None:
     term = await connect(server.url, project="default")
-    seen: list[Any] = []
-
-    async def watch() -> None:
-        async for event in term.events():
-            seen.append(event)
-
-    watcher = asyncio.create_task(watch())
-    await asyncio.sleep(0.01)
-    await term.close()
-    await asyncio.wait_for(watcher, 5)
+    events = term.events()
+    closing = asyncio.create_task(term.close())  # runs once the iteration below waits
+    async with asyncio.timeout(5):
+        seen = [event async for event in events]
+    await closing
     assert isinstance(seen[-1], PolicyEvent) and seen[-1].state is State.STOPPED
+    assert [event async for event in term.events()] == []  # stopped: nothing more comes
 
 
 async def test_connected_event_reports_resume(server: FakeServer) -> None:
@@ -492,7 +322,7 @@ async def test_connected_event_reports_resume(server: FakeServer) -> None:
     seen: list[Connected] = []
     term.add_listener(lambda e: seen.append(e) if isinstance(e, Connected) else None)
     await server.drop_all()
-    await eventually(lambda: bool(seen))
+    await until(lambda: bool(seen), term)
     assert seen[0].resumed and seen[0].hello["session"] == term.session_id
     await term.close()
 
@@ -506,7 +336,7 @@ def real_server() -> Iterator[ServerProcess]:
 
 async def reconnected_through(proxy: TcpProxy, term: Terminal) -> None:
     accepted = proxy.statistics().accepted
-    await eventually(lambda: proxy.statistics().accepted > accepted and term.is_connected)
+    await until(lambda: proxy.statistics().accepted > accepted and term.is_connected, term)
 
 
 async def test_real_server_exact_stream_and_exactly_once_input_through_cuts(
@@ -516,8 +346,8 @@ async def test_real_server_exact_stream_and_exactly_once_input_through_cuts(
         term = await connect(proxy.url(), project="default", time_scale=0.001)
         probe = Probe(term)
         await probe.shell_pid()
-        await term.send("stty -echo; cat > typed.txt\r")
-        await asyncio.sleep(0.2)
+        await term.send("stty -echo; echo cat-rea''dy; cat > typed.txt\r")
+        await probe.wait_for(re.compile(rb"cat-ready"))
         typed = bytearray()
         for index in range(300):
             line = f"line-{index:04d}-{'z' * (index % 50)}\n".encode()
@@ -529,7 +359,7 @@ async def test_real_server_exact_stream_and_exactly_once_input_through_cuts(
                 await reconnected_through(proxy, term)
             if index == 150:
                 proxy.cut()  # unreachable for a while: input keeps queueing
-                await asyncio.sleep(0.05)
+                await until(lambda: not term.is_connected, term)
                 await proxy.restore()
         await term.send(b"\x04")
         await term.send(
@@ -566,3 +396,138 @@ async def test_real_server_restart_surfaces_4004(real_server: ServerProcess) -> 
     assert stats["sessions"] == []  # no new shell was silently started
     assert all(q_pid != pid for q_pid in [s.get("pid") for s in stats["sessions"]])
     await term.close()
+
+
+# ------------------------------------------------------------- a server that breaks the protocol
+GOOD_HELLO = {
+    "type": "hello", "protocol": 1, "session": "session_1754900000000_fake0000000000000099",
+    "project": "default", "key": "session_1754900000000_fake0000000000000099:default",
+    "created": True, "replay_from": 0, "gap": 0, "head": 0, "input_acked": 0, "restore": "",
+    "cols": 80, "rows": 24, "heartbeat": 25,
+}  # fmt: skip
+BAD_HELLOS = [
+    "not json",
+    json.dumps({"type": "ack", "input": 0}),
+    json.dumps(GOOD_HELLO | {"input_acked": "0"}),
+    json.dumps(GOOD_HELLO | {"replay_from": 5}),
+    json.dumps({key: value for key, value in GOOD_HELLO.items() if key != "session"}),
+]
+BAD_FRAMES = [
+    '{"type": "ack", "input": "3"}',
+    '{"type": "ack", "input": 99999}',  # more than was ever sent
+    '{"type": "resize", "cols": "wide", "rows": 24}',
+    '{"type": "exit", "code": "zero"}',
+    "{not json",
+    "[]",
+]
+
+
+@pytest.mark.parametrize("bad", BAD_HELLOS)
+async def test_a_malformed_first_hello_fails_the_connect_clearly(
+    server: FakeServer, bad: str
+) -> None:
+    server.hellos.append(bad)
+    with pytest.raises(ConnectFailed, match="bad hello") as info:
+        await connect(server.url, project="default")
+    assert info.value.code == 1002
+    await until(lambda: server.close_codes == [1002], server)  # the client said why
+
+
+@pytest.mark.parametrize("bad", BAD_FRAMES)
+async def test_a_malformed_frame_closes_with_1002_and_resumes_exactly(
+    server: FakeServer, bad: str
+) -> None:
+    async with connect(server.url, project="default", time_scale=0.001) as term:
+        events: list[Any] = []
+        term.add_listener(events.append)
+        await term.send("abc")
+        assert await collect(term, 3) == b"abc"
+        server.inject(bad)
+        await reconnected(term, server)
+        lost = [e for e in events if isinstance(e, Disconnected)]
+        assert [e.code for e in lost] == [1002] and lost[0].reason
+        assert server.close_codes == [1002]
+        assert server.connects[1]["offset"] == "3" and server.connects[1]["create"] == "0"
+        await term.send("def")
+        assert await collect(term, 3) == b"def"
+        assert bytes(server.sessions[term.session_id or ""].output) == b"abcdef"
+
+
+async def test_an_unknown_message_type_is_ignored(server: FakeServer) -> None:
+    async with connect(server.url, project="default") as term:
+        events: list[Any] = []
+        term.add_listener(events.append)
+        server.inject('{"type": "news", "from": "a newer server"}')
+        await term.send("x")
+        assert await collect(term, 1) == b"x"  # frames come in order: the news came first
+        assert not [e for e in events if isinstance(e, Disconnected)]
+        assert len(server.connects) == 1 and term.is_connected
+
+
+async def test_a_malformed_hello_on_resume_is_a_failed_attempt(server: FakeServer) -> None:
+    term = await connect(server.url, project="default", time_scale=0.001)
+    events: list[PolicyEvent] = []
+    term.add_listener(lambda e: events.append(e) if isinstance(e, PolicyEvent) else None)
+    await term.send("12")
+    await collect(term, 2)
+    server.hellos.append('{"type": "hello"}')
+    await server.drop_all()
+    await reconnected(term, server, 3)
+    failed = [e for e in events if e.state is State.WAITING and e.code == 1002]
+    assert len(failed) == 1 and failed[0].failures == 1
+    await term.send("3")
+    assert await collect(term, 1) == b"3"
+    await term.close()
+
+
+async def test_real_server_behind_a_corrupting_relay(real_server: ServerProcess) -> None:
+    """A proxy injects a malformed frame: the Terminal drops that connection (1002) and resumes
+    the same shell by offset, with an exact stream and every keystroke once."""
+    async with Relay(real_server.ws_url) as relay:
+        term = await connect(relay.url, project="default", time_scale=0.001)
+        events: list[Any] = []
+        term.add_listener(events.append)
+        probe = Probe(term)
+        pid = await probe.shell_pid()
+        for bad in ('{"type": "ack", "input": "oops"}', "\x00not json"):
+            connects = relay.connects
+            await relay.inject(bad)
+            await until(lambda: relay.connects > connects and term.is_connected, term, relay)  # noqa: B023
+            assert await probe.shell_pid() == pid
+        assert [e.code for e in events if isinstance(e, Disconnected)] == [1002, 1002]
+        hello = term.protocol.hello
+        assert hello is not None and not hello.created
+        session = str(term.session_id)
+        await term.detach()
+        await probe.drain()
+    replay = await connect(
+        real_server.ws_url, project="default", session=session, offset=0, create=False
+    )
+    replayed = Probe(replay)
+    async with asyncio.timeout(10):
+        while len(replayed.transcript) < len(probe.transcript):
+            await replayed.read_some()
+    assert bytes(replayed.transcript[: len(probe.transcript)]) == bytes(probe.transcript)
+    await end_shell(replay)
+
+
+async def test_input_and_resize_after_close_go_nowhere(server: FakeServer) -> None:
+    term = await connect(server.url, project="default")
+    await term.close()
+    await term.send("late")
+    await term.resize(100, 30)
+    with pytest.raises(ConnectFailed, match="not connected"):
+        await term.ping()
+    assert server.input_frames == 0
+
+
+async def test_resize_is_sent_and_clamped_to_the_protocols_limits(server: FakeServer) -> None:
+    async with connect(server.url, project="default", time_scale=0.001) as term:
+        seen: list[ServerError] = []
+        term.add_listener(lambda e: seen.append(e) if isinstance(e, ServerError) else None)
+        await term.resize(5000, 0)
+        await until(lambda: bool(seen), term)  # the fake answers every resize with an error
+        assert (term.cols, term.rows) == (1000, 1)
+        await server.drop_all()
+        await reconnected(term, server)
+        assert (server.connects[1]["cols"], server.connects[1]["rows"]) == ("1000", "1")

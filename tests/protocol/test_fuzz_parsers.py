@@ -1,4 +1,5 @@
-"""Property fuzzing of every parser that reads peer input: ids, connect parameters, client frames.
+"""Property fuzzing of every parser that reads peer input: ids, connect parameters, client frames
+and server frames.
 
 Each parser, fed anything at all, either answers a well-formed value or refuses in the
 documented way (InvalidParameter → 4000 with a short reason; MessageError → an ``error`` frame);
@@ -26,19 +27,26 @@ from tether.protocol.ids import (
 from tether.protocol.messages import (
     MAX_COLS,
     MAX_ROWS,
+    Ack,
     ConnectParams,
+    Exit,
+    Hello,
     Input,
     MessageError,
     Ping,
+    Pong,
+    Rejected,
     Resize,
     check_subprotocols,
     parse_client_message,
     parse_connect_params,
+    parse_server_message,
 )
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SECRET = "fuzz-credential-0123456789"
 PARAMETERS = ("project", "session", "client", "offset", "cols", "rows", "create", "token")
+SERVER_TYPES = ["hello", "ack", "resize", "pong", "exit", "error", "", "ACK"]
 
 # Text that hurts parsers: every plane, surrogates, controls, and the characters ids allow.
 hostile_text = st.one_of(
@@ -226,3 +234,52 @@ def test_close_reasons_are_clipped_to_whole_characters(reason: str) -> None:
     if len(reason.encode("utf-8", errors="surrogatepass")) <= MAX_REASON_BYTES:
         assert clipped == reason
     assert retry_after_seconds(reason) is None or retry_after_seconds(reason) >= 0
+
+
+# ----------------------------------------------------------------------------- server frames
+_count_like = json_values | st.integers(0, 2**40)
+server_message_like = st.fixed_dictionaries(
+    {"type": st.sampled_from(SERVER_TYPES) | json_values},
+    optional={
+        name: _count_like | st.text(max_size=20)
+        for name in (
+            "input", "cols", "rows", "t", "code", "signal", "message", "protocol", "session",
+            "project", "key", "created", "replay_from", "gap", "head", "input_acked", "restore",
+            "heartbeat", "legacy",
+        )
+    },
+)  # fmt: skip
+
+
+def _check_server(message: object) -> None:
+    """A server frame parses to a well-typed message, or a short MessageError; never raises."""
+    if isinstance(message, MessageError):
+        assert message.code in ("bad_json", "bad_field", "unknown_type")
+        assert len(message.message) < 200
+        return
+    assert isinstance(message, Hello | Ack | Resize | Pong | Exit | Rejected)
+    wire = message.to_wire()
+    assert parse_server_message(json.dumps(wire)) == message  # what parses, re-sends the same
+    if isinstance(message, Hello):
+        assert 0 <= message.gap <= message.replay_from <= message.head
+        assert message.input_acked >= 0 and message.session
+    if isinstance(message, Ack):
+        assert type(message.input) is int and message.input >= 0
+
+
+@FUZZ
+@given(server_message_like)
+def test_any_json_object_server_frame(message: dict[str, object]) -> None:
+    _check_server(parse_server_message(json.dumps(message)))
+
+
+@FUZZ
+@given(st.one_of(json_values.map(json.dumps), st.text(max_size=500), st.binary().map(repr)))
+def test_any_server_text_frame(text: str) -> None:
+    _check_server(parse_server_message(text))
+
+
+def test_deeply_nested_server_frames_are_bad_json_not_a_crash() -> None:
+    for depth in (1_000, 100_000):
+        for text in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+            _check_server(parse_server_message(text))

@@ -8,16 +8,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
+from tests.tools.reports import assert_user_sees_the_verdicts
 from tether.cli import main
 from tether.tools.embedded import EmbeddedServer
 from tether.tools.load import LoadOptions, run_load
 
 
-def test_load_cli_short_run_is_exact(tmp_path: Path) -> None:
+def test_load_cli_short_run_is_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report_file = tmp_path / "load.json"
     argv = ["load", "--connections", "20", "--duration", "10", "--ramp-up", "2"]
     argv += ["--reconnect-every", "2", "--seed", "7", "--json", str(report_file)]
     status = main(argv)
+    out = capsys.readouterr().out
     report = json.loads(report_file.read_text())
     figures = report["figures"]
     assert figures["users_exact"] == 20, report["errors"]
@@ -25,6 +29,7 @@ def test_load_cli_short_run_is_exact(tmp_path: Path) -> None:
     assert figures["clean_exits"] == 20
     assert figures["reconnect_attempts"] > 20  # every user was cut at least once or so
     assert figures["reconnect_successes"] == figures["reconnect_attempts"]
+    assert figures["unexpected_closes"] == 0
     assert figures["latency_ms"]["echo"]["count"] > 0
     correctness = [v for v in report["verdicts"] if v["kind"] == "correctness"]
     assert correctness and all(v["passed"] for v in correctness)
@@ -35,8 +40,7 @@ def test_load_cli_short_run_is_exact(tmp_path: Path) -> None:
     command = [sys.executable, "-c", code, str(report_file), str(plot_file)]
     subprocess.run(command, check=True, timeout=120)
     assert plot_file.read_bytes().startswith(b"\x89PNG")
-    # Timing may miss on a busy machine; the exit status follows the verdicts.
-    assert status == (0 if report["passed"] else 1)
+    assert_user_sees_the_verdicts(status, out, report, tool="load")
 
 
 async def test_load_api_against_a_given_url_without_cuts() -> None:

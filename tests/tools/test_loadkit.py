@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tests.client.fake_server import FakeServer, until
 from tether.tools.embedded import EmbeddedServer
 from tether.tools.loadkit import (
     KeyPacer,
@@ -19,7 +20,15 @@ from tether.tools.loadkit import (
     percentile,
     summarize,
 )
-from tether.tools.loaduser import TypingUser, UserFailed, Wire, new_http, session_id
+from tether.tools.loaduser import (
+    Refused,
+    TypingUser,
+    UserFailed,
+    Wire,
+    new_http,
+    read_at_least,
+    session_id,
+)
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -137,3 +146,38 @@ async def test_wire_reports_refusals() -> None:
         )
         assert not isinstance(gone, Wire) and gone.code == 4004
         await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("bad", ["not json", '{"type": "hello", "protocol": 1}', '{"type": "ack"}'])
+async def test_wire_refuses_a_malformed_hello_without_crashing(bad: str) -> None:
+    server = await FakeServer().start()
+    try:
+        server.hellos.append(bad)
+        async with new_http() as http:
+            result = await Wire.open(http, server.url + "/ws/terminal", {"project": "default"})
+        assert isinstance(result, Refused) and result.code == 1002 and result.reason
+        await until(lambda: server.close_codes == [1002], server)
+    finally:
+        await server.stop()
+
+
+async def test_wire_ends_with_1002_on_a_malformed_frame_and_resumes_with_its_protocol() -> None:
+    server = await FakeServer().start()
+    try:
+        async with new_http() as http:
+            url = server.url + "/ws/terminal"
+            wire = await Wire.open(http, url, {"project": "default", "client": "load_client1"})
+            assert isinstance(wire, Wire) and wire.hello.created
+            assert await wire.send(b"abc")
+            assert await read_at_least(wire, 3) == b"abc"
+            server.inject('{"type": "ack", "input": 1000}')  # more than was ever sent
+            assert await wire.receive() == Refused(1002, "ack of 1000 input bytes, more than sent")
+            again = await Wire.open(http, url, wire.protocol)  # resumes: offset 3, create=0
+            assert isinstance(again, Wire) and not again.hello.created
+            assert server.connects[1]["offset"] == "3" and server.connects[1]["create"] == "0"
+            assert await again.send(b"d")
+            assert await read_at_least(again, 1) == b"d"
+            await again.close()
+        assert bytes(next(iter(server.sessions.values())).output) == b"abcd"
+    finally:
+        await server.stop()

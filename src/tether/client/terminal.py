@@ -12,8 +12,12 @@ session that is gone raises :class:`~tether.errors.SessionEnded` instead of bein
 replaced), keeps unacknowledged input and re-sends exactly what the server has not written
 (docs/protocol.md, section 4), honours every close code (section 6) and follows the reconnection
 policy of
-:mod:`tether.protocol.policy` (section 7). The first connect is not retried: its failure raises
-:class:`~tether.errors.ConnectFailed` (or ``SessionEnded`` for a stop code) from ``open()``.
+:mod:`tether.protocol.policy` (section 7). The protocol itself (position, input ledger, queries,
+checks of what the server sends) is :class:`tether.protocol.client.ClientProtocol`; this module is
+its asyncio I/O. A server that breaks the protocol (a malformed frame) gets its connection closed
+with 1002, and the terminal resumes as after any lost connection. The first connect is not
+retried: its failure raises :class:`~tether.errors.ConnectFailed` (or ``SessionEnded`` for a stop
+code) from ``open()``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
@@ -48,8 +51,16 @@ from tether.client.urls import (
     http_url,
     websocket_url,
 )
-from tether.errors import ClientError, ConnectFailed, SessionEnded
+from tether.errors import ClientError, ConnectFailed, RemoteProtocolError, SessionEnded
+from tether.protocol.client import (
+    PROTOCOL_ERROR,
+    Attached,
+    ClientOptions,
+    ClientProtocol,
+    ClientState,
+)
 from tether.protocol.codes import CloseCode, is_stop_code
+from tether.protocol.messages import MAX_COLS, MAX_ROWS, Exit, Pong, Rejected, Resize
 from tether.protocol.policy import PolicyEvent, ReconnectPolicy, State
 
 __all__ = [
@@ -72,7 +83,6 @@ __all__ = [
 SUBPROTOCOL = "tether.v1"
 CONNECT_TIMEOUT = 10.0
 PING_INTERVAL = 25.0
-MAX_INPUT_FRAME = 65536
 SCREEN_RESET = b"\x1bc"
 _ENDED = (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
 
@@ -149,30 +159,62 @@ class Terminal:
         self.url = websocket_url(url)
         self.project = project
         self.client_id = client_id or new_client_id()
-        self.cols, self.rows = cols, rows
+        self.protocol = ClientProtocol(
+            ClientOptions(project, session, self.client_id, (cols, rows), create, offset, token)
+        )
         self.policy = policy or ReconnectPolicy(time_scale=time_scale, jitter=jitter)
         self.hello: dict[str, Any] = {}
-        self.session_id: str | None = session
-        self.key: str | None = None
-        self.position = 0
         self.latency: float | None = None
         self.exit_status: Exited | None = None
         self.ended: SessionEnded | None = None
-        self._token, self._create, self._offset = token, create, offset
+        self._token = token
         self._connect_timeout, self._ping_interval = connect_timeout, ping_interval
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._runner: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
-        self._pending = bytearray()  # input not yet acknowledged, from byte ``_acked`` on
-        self._acked = 0
-        self._sent = 0
         self._output = _OutputBuffer(output_chunks)
         self._listeners: list[EventListener] = []
         self._pongs: dict[float, asyncio.Future[float]] = {}
         self._wake = asyncio.Event()
+        self._changed = asyncio.Event()  # set (and replaced) on every event
         self._closing = False
         self.policy.add_listener(self._emit)
+
+    # -- what the protocol knows -----------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str | None:
+        """The canonical session id (from the last hello), or the one asked for before."""
+        return self.protocol.session_id
+
+    @property
+    def key(self) -> str | None:
+        """The composite key ``session:project`` once a hello came."""
+        return self.protocol.key
+
+    @property
+    def position(self) -> int:
+        """Output bytes of the session's stream received so far (the resume offset)."""
+        return self.protocol.position
+
+    @property
+    def cols(self) -> int:
+        return (self.protocol.size or (80, 24))[0]
+
+    @property
+    def rows(self) -> int:
+        return (self.protocol.size or (80, 24))[1]
+
+    @property
+    def unacknowledged(self) -> int:
+        """Input bytes sent but not yet acknowledged by the server."""
+        return self.protocol.unacknowledged
+
+    @property
+    def input_acked(self) -> int:
+        """Input bytes of this client id the server has written to the terminal."""
+        return self.protocol.input_acked
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,9 +222,10 @@ class Terminal:
         """Make the first connection (not retried) and start keeping the terminal alive."""
         self._http = aiohttp.ClientSession()
         try:
-            ws = await self._attempt(resume=False)
+            ws = await self._attempt()
         except ClientError as exc:
             self.policy.stop(self._now(), getattr(exc, "code", None), getattr(exc, "reason", ""))
+            self.protocol.close()
             await self._http.close()
             raise
         self.policy.on_connected(self._now())
@@ -210,6 +253,7 @@ class Terminal:
         has no client message that ends a session (end the shell with ``exit`` to end it).
         """
         self._closing = True
+        self.protocol.close()
         self.policy.stop(self._now(), code, reason)
         ws = self._ws
         if ws is not None and not ws.closed:
@@ -252,46 +296,37 @@ class Terminal:
     # -- input -------------------------------------------------------------------------------
 
     async def send(self, data: str | bytes) -> None:
-        """Type ``data`` (str is UTF-8 encoded); kept until acknowledged, written exactly once."""
+        """Type ``data`` (str is UTF-8 encoded); kept until acknowledged, written exactly once.
+
+        After :meth:`close` input goes nowhere (it is dropped)."""
         payload = data.encode() if isinstance(data, str) else bytes(data)
         self._raise_if_ended()
-        async with self._send_lock:
-            self._pending += payload
-            self._sent += len(payload)
-            if self._ws is not None:
-                await self._write_input(self._ws, payload)
+        if self.protocol.state is ClientState.ENDED:
+            return
+        self.protocol.send_input(payload)
+        await self._flush()
 
     async def resize(self, cols: int, rows: int) -> None:
-        """Resize the terminal (also applied on every reconnect)."""
-        self.cols, self.rows = cols, rows
-        async with self._send_lock:
-            if self._ws is not None:
-                await self._send_json(self._ws, {"type": "resize", "cols": cols, "rows": rows})
+        """Resize the terminal (also applied on every reconnect); clamped to 1000×500."""
+        if self.protocol.state is ClientState.ENDED:
+            return
+        self.protocol.send_resize(min(max(cols, 1), MAX_COLS), min(max(rows, 1), MAX_ROWS))
+        await self._flush()
 
     async def ping(self, timeout: float = 10.0) -> float:
         """Measure the round trip of an application ``ping`` (seconds)."""
-        ws = self._ws
-        if ws is None:
+        if self._ws is None or self.protocol.state is not ClientState.ATTACHED:
             raise ConnectFailed("not connected")
         stamp = self._now()
         while stamp in self._pongs:
             stamp += 1e-6
         future = self._pongs[stamp] = asyncio.get_running_loop().create_future()
         try:
-            await self._send_json(ws, {"type": "ping", "t": stamp})
+            self.protocol.send_ping(stamp)
+            await self._flush()
             return await asyncio.wait_for(future, timeout)
         finally:
             self._pongs.pop(stamp, None)
-
-    @property
-    def unacknowledged(self) -> int:
-        """Input bytes sent but not yet acknowledged by the server."""
-        return len(self._pending)
-
-    @property
-    def input_acked(self) -> int:
-        """Input bytes of this client id the server has written to the terminal."""
-        return self._acked
 
     # -- output and events ---------------------------------------------------------------------
 
@@ -346,33 +381,20 @@ class Terminal:
                 self._raise_if_ended()
                 if self.state is State.STOPPED:
                     raise ConnectFailed("terminal closed")
-                await asyncio.sleep(0.005)
+                await self._changed.wait()
 
     # -- connecting --------------------------------------------------------------------------
 
-    def _query(self, resume: bool) -> dict[str, str]:
-        query = {"project": self.project, "client": self.client_id}
-        query |= {"cols": str(self.cols), "rows": str(self.rows)}
-        if self.session_id:
-            query["session"] = self.session_id
-        if self._token:
-            query["token"] = self._token
-        offset = self.position if resume else self._offset
-        if offset is not None:
-            query["offset"] = str(offset)
-        if resume or not self._create:
-            query["create"] = "0"
-        return query
-
-    async def _attempt(self, *, resume: bool) -> aiohttp.ClientWebSocketResponse:
+    async def _attempt(self) -> aiohttp.ClientWebSocketResponse:
         """One connect attempt up to its hello; raises ConnectFailed or SessionEnded."""
         assert self._http is not None
+        query = self.protocol.start_connect()
         deadline = self._now() + self._connect_timeout
         try:
             async with asyncio.timeout_at(deadline):
                 ws = await self._http.ws_connect(
                     self.url,
-                    params=self._query(resume),
+                    params=query,
                     protocols=(SUBPROTOCOL,),
                     headers=auth_headers(self._token),
                     heartbeat=self._ping_interval,
@@ -380,57 +402,64 @@ class Terminal:
                     max_msg_size=0,
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.protocol.connection_lost(CloseCode.ABNORMAL, describe_error(exc))
             raise ConnectFailed(f"cannot reach {self.url}: {describe_error(exc)}") from exc
+        try:
+            attached = await self._receive_hello(ws, deadline)
+        except ClientError:
+            with contextlib.suppress(Exception):
+                await ws.close()
+            raise
+        await self._accept(ws, attached)
+        return ws
+
+    async def _receive_hello(
+        self, ws: aiohttp.ClientWebSocketResponse, deadline: float
+    ) -> Attached:
+        """The first frame must be a valid hello; anything else fails the attempt."""
         try:
             async with asyncio.timeout_at(deadline):
                 message = await ws.receive()
         except TimeoutError:
-            await ws.close()
+            self.protocol.connection_lost(CloseCode.ABNORMAL, "no hello in time")
             raise ConnectFailed(f"no hello from {self.url} in time", CloseCode.ABNORMAL) from None
-        hello = self._parse_hello(message)
-        if hello is None:
-            await ws.close()
-            raise self._refusal(message)
-        await self._receive_hello(ws, hello, resume)
-        return ws
+        if message.type is aiohttp.WSMsgType.CLOSE:
+            code, reason = int(message.data), str(message.extra or "")
+            self.protocol.connection_lost(code, reason)
+            if is_stop_code(code):
+                raise SessionEnded(code, reason)
+            raise ConnectFailed(f"refused by {self.url}: {code} {reason}", code, reason)
+        if self._closing:
+            self.protocol.connection_lost(CloseCode.NORMAL, "client closed")
+            raise ConnectFailed("the terminal was closed", CloseCode.NORMAL)
+        try:
+            if message.type is aiohttp.WSMsgType.TEXT:
+                received = self.protocol.receive_text(message.data)
+                assert isinstance(received, Attached)  # the protocol accepts only a hello here
+                return received
+            if message.type is aiohttp.WSMsgType.BINARY:
+                self.protocol.receive_output(message.data)  # raises: output before the hello
+        except RemoteProtocolError as exc:
+            self.protocol.connection_lost(PROTOCOL_ERROR, exc.reason)
+            with contextlib.suppress(Exception):
+                await ws.close(code=PROTOCOL_ERROR, message=exc.reason.encode())
+            raise ConnectFailed(
+                f"bad hello from {self.url}: {exc.reason}", PROTOCOL_ERROR, exc.reason
+            ) from exc
+        self.protocol.connection_lost(CloseCode.ABNORMAL, "connection lost")
+        raise ConnectFailed(f"no hello from {self.url}", CloseCode.ABNORMAL)
 
-    @staticmethod
-    def _parse_hello(message: aiohttp.WSMessage) -> dict[str, Any] | None:
-        if message.type is not aiohttp.WSMsgType.TEXT:
-            return None
-        with contextlib.suppress(ValueError):
-            hello = json.loads(message.data)
-            if isinstance(hello, dict) and hello.get("type") == "hello":
-                return hello
-        return None
-
-    def _refusal(self, message: aiohttp.WSMessage) -> ClientError:
-        if message.type is not aiohttp.WSMsgType.CLOSE:
-            return ConnectFailed(f"no hello from {self.url}", CloseCode.ABNORMAL)
-        code, reason = int(message.data), str(message.extra or "")
-        if is_stop_code(code):
-            return SessionEnded(code, reason)
-        return ConnectFailed(f"refused by {self.url}: {code} {reason}", code, reason)
-
-    async def _receive_hello(
-        self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any], resume: bool
-    ) -> None:
-        self.hello = hello
-        self.session_id = str(hello["session"])
-        self.key = str(hello.get("key", f"{self.session_id}:{self.project}"))
-        self.cols, self.rows = int(hello.get("cols", self.cols)), int(hello.get("rows", self.rows))
-        replay_from, gap = int(hello.get("replay_from", 0)), int(hello.get("gap", 0))
-        if gap > 0:
+    async def _accept(self, ws: aiohttp.ClientWebSocketResponse, attached: Attached) -> None:
+        """Surface a hello: gap, screen restore; then re-send the input still unacknowledged."""
+        self.hello = attached.hello.to_wire()
+        if attached.gap is not None:
             await self._output.put(False, SCREEN_RESET)
-            self._emit(Gap(replay_from - gap, replay_from))
-        if hello.get("restore"):
-            await self._output.put(False, str(hello["restore"]).encode())
-        self.position = replay_from
-        async with self._send_lock:
-            self._drop_acknowledged(int(hello.get("input_acked", 0)))
-            self._ws = ws
-            await self._write_input(ws, bytes(self._pending))
-        self._emit(Connected(hello, resume))
+            self._emit(Gap(*attached.gap))
+        if attached.hello.restore:
+            await self._output.put(False, attached.hello.restore.encode())
+        self._ws = ws
+        await self._flush()
+        self._emit(Connected(self.hello, attached.resumed))
 
     # -- the connection loop -----------------------------------------------------------------
 
@@ -443,6 +472,7 @@ class Terminal:
                 self._ws = None
                 if self._closing:
                     break
+                self.protocol.connection_lost(code, reason)
                 self._emit(Disconnected(code, reason))
                 self.policy.on_lost(self._now(), code, reason)
                 if self.policy.state is State.STOPPED:
@@ -454,19 +484,28 @@ class Terminal:
             self._finish()
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int, str]:
-        """Read one connection until it ends; its close code (1006 without a close frame)."""
+        """Read one connection until it ends; its close code (1006 without a close frame).
+
+        A frame that breaks the protocol closes the connection with 1002 (then resume)."""
         pinger = asyncio.create_task(self._ping_loop())
         try:
             while True:
                 message = await ws.receive()
+                if self._closing:  # close() ended the protocol: what still arrives is not ours
+                    return CloseCode.NORMAL, "client closed"
                 if message.type is aiohttp.WSMsgType.BINARY:
-                    await self._receive_output(message.data)
+                    self.protocol.receive_output(message.data)
+                    await self._output.put(True, message.data)
                 elif message.type is aiohttp.WSMsgType.TEXT:
                     self._receive_text(message.data)
                 elif message.type is aiohttp.WSMsgType.CLOSE:
                     return int(message.data), str(message.extra or "")
                 elif message.type in _ENDED:
                     return CloseCode.ABNORMAL, "connection lost"
+        except RemoteProtocolError as exc:
+            with contextlib.suppress(Exception):
+                await ws.close(code=PROTOCOL_ERROR, message=exc.reason.encode())
+            return PROTOCOL_ERROR, exc.reason
         finally:
             pinger.cancel()
             with contextlib.suppress(Exception):
@@ -483,14 +522,14 @@ class Terminal:
                 self.policy.on_timer(self._now())
                 continue
             try:
-                ws = await self._attempt(resume=True)
-            except SessionEnded as exc:
-                self.ended = exc
+                ws = await self._attempt()
+            except (SessionEnded, ConnectFailed) as exc:
+                if self._closing:
+                    return None
+                if isinstance(exc, SessionEnded):
+                    self.ended = exc
                 self.policy.on_attempt_failed(self._now(), exc.code, exc.reason)
-                return None
-            except ConnectFailed as exc:
-                self.policy.on_attempt_failed(self._now(), exc.code, exc.reason)
-                continue
+                continue  # a stop code left the policy STOPPED: the loop ends
             if self._closing:
                 await ws.close()
                 return None
@@ -513,56 +552,47 @@ class Terminal:
 
     # -- receiving -----------------------------------------------------------------------------
 
-    async def _receive_output(self, data: bytes) -> None:
-        self.position += len(data)
-        await self._output.put(True, data)
-
     def _receive_text(self, text: str) -> None:
-        try:
-            message = json.loads(text)
-            kind = message.get("type")
-        except (ValueError, AttributeError):
-            return  # not ours to fix; the stream stays intact
-        if kind == "ack":
-            self._drop_acknowledged(int(message["input"]))
-        elif kind == "pong":
-            self._receive_pong(message.get("t"))
-        elif kind == "resize":
-            self.cols, self.rows = int(message["cols"]), int(message["rows"])
-            self._emit(Resized(self.cols, self.rows))
-        elif kind == "exit":
-            self.exit_status = Exited(message.get("code"), message.get("signal"))
+        received = self.protocol.receive_text(text)  # the ledger and size are updated there
+        if isinstance(received, Pong):
+            self._receive_pong(received.t)
+        elif isinstance(received, Resize):
+            self._emit(Resized(received.cols, received.rows))
+        elif isinstance(received, Exit):
+            self.exit_status = Exited(received.code, received.signal)
             self._emit(self.exit_status)
-        elif kind == "error":
-            self._emit(ServerError(str(message.get("code")), str(message.get("message"))))
+        elif isinstance(received, Rejected):
+            self._emit(ServerError(received.code, received.message))
 
-    def _receive_pong(self, stamp: Any) -> None:
-        future = self._pongs.get(stamp) if isinstance(stamp, int | float) else None
+    def _receive_pong(self, stamp: float | int) -> None:
+        future = self._pongs.get(stamp)
         if future is not None and not future.done():
             future.set_result(self._now() - float(stamp))
 
-    def _drop_acknowledged(self, acked: int) -> None:
-        """The server has written ``acked`` input bytes of ours: forget them."""
-        acked = min(acked, self._sent)
-        if acked > self._acked:
-            del self._pending[: acked - self._acked]
-            self._acked = acked
-
     # -- helpers -------------------------------------------------------------------------------
 
-    async def _write_input(self, ws: aiohttp.ClientWebSocketResponse, data: bytes) -> None:
-        # A failed write is harmless: the bytes stay pending and are re-sent after the hello.
-        with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
-            for start in range(0, len(data), MAX_INPUT_FRAME):
-                await ws.send_bytes(data[start : start + MAX_INPUT_FRAME])
+    async def _flush(self) -> None:
+        """Write what the protocol queued, in order, on the current connection.
 
-    async def _send_json(self, ws: aiohttp.ClientWebSocketResponse, message: Any) -> None:
-        with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
-            await ws.send_str(json.dumps(message))
+        Without a connection the frames stay queued until the protocol drops them. A failed
+        write is harmless: input stays held and is re-sent after the next hello.
+        """
+        async with self._send_lock:
+            ws = self._ws
+            if ws is None:
+                return
+            with contextlib.suppress(aiohttp.ClientError, OSError, RuntimeError):
+                for frame in self.protocol.frames_to_send():
+                    if isinstance(frame, bytes):
+                        await ws.send_bytes(frame)
+                    else:
+                        await ws.send_str(frame)
 
     def _emit(self, event: ClientEvent) -> None:
         for listener in list(self._listeners):
             listener(event)
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _finish(self) -> None:
         self._output.close()

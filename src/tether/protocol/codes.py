@@ -24,6 +24,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
     ABNORMAL = 1006
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

@@ -46,6 +46,7 @@ import random as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tether.errors import PolicyError as PolicyError  # part of this module's API
 from tether.protocol.codes import action_for, retry_after_seconds
 
 MAX_BACKOFF = 30.0
@@ -107,10 +108,6 @@ def backoff_delay(attempt: int) -> float:
     if attempt < 1:
         raise ValueError("attempt numbers start at 1")
     return min(2.0 ** min(attempt - 1, 16), MAX_BACKOFF)
-
-
-class PolicyError(RuntimeError):
-    """The caller reported an event the current state cannot have (a bug in the caller)."""
 
 
 class ReconnectPolicy:

@@ -83,7 +83,8 @@ async def _breaker(ctx: Context, out: Outcome, proxy: TcpProxy, url: str) -> Non
         await wait_until(lambda: _count(log, State.OPEN) >= 2, opened * scale + 20, "2nd opening")
         await proxy.restore()
         await wait_until(lambda: term.is_connected, term.policy.open_seconds * scale + 20, "resume")
-        out.expect(term.hello.get("created") is False, "recovery created a new shell")
+        hello = term.protocol.hello
+        out.expect(hello is not None and not hello.created, "recovery created a new shell")
         out.expect(await probe.shell_pid() == pid, "recovery reached another shell")
         _judge_schedule(ctx, out, read_schedule(log))
         session = str(term.session_id)

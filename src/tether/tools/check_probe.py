@@ -15,12 +15,12 @@ from typing import Any, Literal
 
 from tether.client import Terminal, connect
 from tether.errors import ClientError, ConnectFailed
-from tether.protocol.codes import CloseCode, retry_after_seconds
+from tether.protocol.codes import CloseCode
+from tether.protocol.policy import ReconnectPolicy, State
 from tether.tools.loadkit import percentile
 
 Status = Literal["pass", "fail", "skip"]
 CANONICAL_ID = re.compile(r"session_[0-9]{13}_[a-z0-9]{6,32}")
-STORM_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,11 @@ def summary_ms(values: list[float]) -> dict[str, float]:
 
 
 async def open_terminal(ctx: Context, url: str | None = None, **options: Any) -> Terminal:
-    """Connect, waiting out a server storm refusal (4129 ``retry-after``) a few times."""
+    """Connect; a server storm refusal (4129) is retried on the reconnection policy's schedule
+    (its backoff, at least ``retry-after``) until the policy's breaker would open."""
     options.setdefault("ping_interval", None)
-    for _ in range(STORM_RETRIES):
+    policy = ReconnectPolicy(time_scale=ctx.time_scale)
+    while True:
         try:
             return await connect(
                 url or ctx.url,
@@ -115,8 +117,13 @@ async def open_terminal(ctx: Context, url: str | None = None, **options: Any) ->
         except ConnectFailed as exc:
             if exc.code != CloseCode.STORM:
                 raise
-            await asyncio.sleep(retry_after_seconds(exc.reason) or 1)
-    raise ConnectFailed("refused by the storm detector again and again", CloseCode.STORM)
+            policy.on_attempt_failed(ctx.now(), exc.code, exc.reason)
+            if policy.state is not State.WAITING:
+                raise ConnectFailed(
+                    "refused by the storm detector again and again", CloseCode.STORM
+                ) from exc
+            await asyncio.sleep(max(0.0, (policy.retry_at or 0.0) - ctx.now()))
+            policy.on_timer(ctx.now())
 
 
 class Probe:
@@ -124,7 +131,8 @@ class Probe:
 
     def __init__(self, term: Terminal) -> None:
         self.term = term
-        self.start = int(term.hello.get("replay_from", 0))  # stream position of transcript[0]
+        hello = term.protocol.hello
+        self.start = hello.replay_from if hello else 0  # stream position of transcript[0]
         self.transcript = bytearray()
 
     async def wait_for(self, pattern: re.Pattern[bytes], timeout: float = 10.0) -> re.Match[bytes]:

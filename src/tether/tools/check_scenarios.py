@@ -11,9 +11,9 @@ import asyncio
 import re
 import secrets
 import uuid
-from typing import Any
 
 from tether.client import Terminal, fetch_json
+from tether.protocol.messages import Hello
 from tether.tools.check_probe import (
     CANONICAL_ID,
     Context,
@@ -37,7 +37,7 @@ async def connect_scenario(ctx: Context, out: Outcome) -> None:
     term = await open_terminal(ctx, cols=100, rows=30)
     out.figures["connect_ms"] = round((ctx.now() - started) * 1000, 2)
     try:
-        _check_new_hello(ctx, out, term.hello)
+        _check_new_hello(ctx, out, _hello(term))
         out.figures["session"] = term.session_id
         echo_started = ctx.now()
         out.figures["pid"] = await Probe(term).shell_pid()
@@ -47,19 +47,20 @@ async def connect_scenario(ctx: Context, out: Outcome) -> None:
         out.expect(await end_shell(term), "the shell did not end with 4012 after `exit`")
 
 
-def _check_new_hello(ctx: Context, out: Outcome, hello: dict[str, Any]) -> None:
-    session = str(hello.get("session", ""))
-    out.expect(hello.get("protocol") == 1, f"hello.protocol is {hello.get('protocol')!r}")
+def _hello(term: Terminal) -> Hello:
+    """The terminal's last hello (its fields were checked by the client protocol's parser)."""
+    assert term.protocol.hello is not None
+    return term.protocol.hello
+
+
+def _check_new_hello(ctx: Context, out: Outcome, hello: Hello) -> None:
+    session = hello.session
     out.expect(CANONICAL_ID.fullmatch(session) is not None, f"bad session id {session!r}")
-    out.expect(hello.get("project") == ctx.project, "hello.project differs from the request")
-    out.expect(hello.get("key") == f"{session}:{ctx.project}", "hello.key is not session:project")
-    out.expect(hello.get("created") is True, "hello.created is not true for a new session")
+    out.expect(hello.key == f"{session}:{ctx.project}", "hello.key is not session:project")
+    out.expect(hello.created, "hello.created is not true for a new session")
     for name in ("replay_from", "gap", "input_acked"):
-        out.expect(hello.get(name) == 0, f"hello.{name} is {hello.get(name)!r}, not 0")
-    out.expect(isinstance(hello.get("head"), int), "hello.head is missing")
-    out.expect(isinstance(hello.get("restore"), str), "hello.restore is missing")
-    out.expect((hello.get("cols"), hello.get("rows")) == (100, 30), "size not applied")
-    out.expect(isinstance(hello.get("heartbeat"), int | float), "hello.heartbeat is missing")
+        out.expect(getattr(hello, name) == 0, f"hello.{name} is {getattr(hello, name)!r}, not 0")
+    out.expect((hello.cols, hello.rows) == (100, 30), "size not applied")
 
 
 # ------------------------------------------------------------------------------ session reuse
@@ -77,7 +78,7 @@ async def session_reuse_scenario(ctx: Context, out: Outcome) -> None:
                 ctx, session=session, offset=len(stream), create=False, client_id=client_id
             )
             latencies.append(ctx.now() - started)
-            _check_resume_hello(out, term.hello, session, len(stream), round_)
+            _check_resume_hello(out, _hello(term), session, len(stream), round_)
             probe = Probe(term)
             pid = await probe.shell_pid()
             out.expect(pid == first_pid, f"round {round_}: PID {pid}, not {first_pid}")
@@ -91,12 +92,12 @@ async def session_reuse_scenario(ctx: Context, out: Outcome) -> None:
 
 
 def _check_resume_hello(
-    out: Outcome, hello: dict[str, Any], session: str | None, offset: int, round_: int
+    out: Outcome, hello: Hello, session: str | None, offset: int, round_: int
 ) -> None:
-    out.expect(hello.get("session") == session, f"round {round_}: another session id")
-    out.expect(hello.get("created") is False, f"round {round_}: a new shell was created")
-    out.expect(hello.get("replay_from") == offset, f"round {round_}: replay_from != offset")
-    out.expect(hello.get("gap") == 0, f"round {round_}: gap {hello.get('gap')}")
+    out.expect(hello.session == session, f"round {round_}: another session id")
+    out.expect(not hello.created, f"round {round_}: a new shell was created")
+    out.expect(hello.replay_from == offset, f"round {round_}: replay_from != offset")
+    out.expect(hello.gap == 0, f"round {round_}: gap {hello.gap}")
 
 
 async def _check_single_session(ctx: Context, out: Outcome, key: str, pid: int) -> None:
@@ -111,11 +112,11 @@ async def check_replay(ctx: Context, out: Outcome, session: str, stream: bytes, 
     """A fresh connection with offset 0 must replay exactly the bytes received so far."""
     term = await open_terminal(ctx, session=session, offset=0, create=False)
     try:
-        probe = Probe(term)
-        if not out.expect(term.hello.get("replay_from") == 0, "early output no longer buffered"):
+        probe, hello = Probe(term), _hello(term)
+        if not out.expect(hello.replay_from == 0, "early output no longer buffered"):
             return
         size = len(stream)
-        out.expect(int(term.hello.get("head", 0)) >= size, "head is before what was received")
+        out.expect(hello.head >= size, "head is before what was received")
         async with asyncio.timeout(10):
             while len(probe.transcript) < size:
                 await probe.read_some()
@@ -164,11 +165,11 @@ async def _legacy_round_trip(
     pids, ids = [], []
     for round_ in range(2):
         term = await open_terminal(ctx, session=legacy, create=round_ == 0 and existing is None)
-        hello = term.hello
-        ids.append(str(hello.get("session")))
+        hello = _hello(term)
+        ids.append(hello.session)
         out.expect(
-            hello.get("legacy") in (legacy, legacy.rsplit(":", 1)[0]),
-            f"{form}: hello.legacy is {hello.get('legacy')!r}",
+            hello.legacy in (legacy, legacy.rsplit(":", 1)[0]),
+            f"{form}: hello.legacy is {hello.legacy!r}",
         )
         pids.append(await Probe(term).shell_pid())
         await term.detach()

@@ -1,32 +1,44 @@
 """The load tools' client side: a lean connection and a simulated user whose stream is verifiable.
 
-- :class:`Wire`: one connection to ``/ws/terminal`` (hello, then frames); no reconnection policy,
-  little overhead, so that thousands of them fit in one process.
+- :class:`Wire`: one connection to ``/ws/terminal`` (hello, then frames) over a
+  :class:`~tether.protocol.client.ClientProtocol`, with no reconnection of its own and little
+  overhead, so that thousands of them fit in one process. A frame that breaks the protocol ends
+  the connection (1002), like any other close.
 - :class:`TypingUser`: a user typing into its own session. Its shell runs ``exec cat`` behind a
   marker, so everything after the marker is a pure function of what the user typed: each
   keystroke is echoed once by the terminal, and each Enter adds ``\\r\\n`` and the line again
   (``cat``). Every output byte is compared with that expectation as it arrives, so a lost or
   doubled output byte *or* keystroke shows at once. The user resumes by offset with its client id
-  after every cut (re-sending only unacknowledged input); at the end a fresh connection replays the
-  session from offset 0 and must match the user's transcript byte for byte.
+  after every cut (its protocol re-sends only unacknowledged input), on the schedule of the
+  :class:`~tether.protocol.policy.ReconnectPolicy` every client follows; at the end a fresh
+  connection replays the session from offset 0 and must match the user's transcript byte for byte.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import aiohttp
 
 from tether.client import websocket_url
-from tether.protocol.codes import CloseCode, is_stop_code
+from tether.errors import RemoteProtocolError
+from tether.protocol.client import (
+    Attached,
+    ClientOptions,
+    ClientProtocol,
+    ClientState,
+)
+from tether.protocol.codes import CloseCode
+from tether.protocol.messages import Ack, Exit, Hello, Pong, Rejected, Resize
+from tether.protocol.policy import ReconnectPolicy, State
 from tether.tools.loadkit import Recorder
 
 SUBPROTOCOL = "tether.v1"
@@ -38,7 +50,8 @@ CONNECT_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Refused:
-    """A connect that got no hello: the close code (1006 without one) and reason."""
+    """A connect that got no hello, or how a connection ended: the close code (1006 without
+    one; 1002 when the server broke the protocol) and reason."""
 
     code: int
     reason: str
@@ -54,70 +67,163 @@ def new_http(token: str | None = None) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, headers=headers)
 
 
-class Wire:
-    """One WebSocket connection to ``/ws/terminal`` after its hello."""
+def options_from_query(params: Mapping[str, str]) -> ClientOptions:
+    """The :class:`ClientOptions` whose first connect asks exactly for ``params``."""
+    cols, rows = params.get("cols"), params.get("rows")
+    offset = params.get("offset")
+    return ClientOptions(
+        project=params.get("project", ""),
+        session=params.get("session"),
+        client_id=params.get("client"),
+        size=(int(cols), int(rows)) if cols and rows else None,
+        create=params.get("create") not in ("0", "false"),
+        offset=int(offset) if offset else None,
+        token=params.get("token"),
+    )
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any]) -> None:
+
+Received = bytes | Ack | Resize | Pong | Exit | Rejected | Refused
+
+
+class Wire:
+    """One WebSocket connection to ``/ws/terminal`` after its hello, over a ClientProtocol.
+
+    The protocol may outlive the wire: a user resumes by opening the next wire with the same
+    protocol (its query then asks for the position, with ``create=0``).
+    """
+
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, protocol: ClientProtocol, attached: Attached
+    ) -> None:
         self.ws = ws
-        self.hello = hello
-        self.position = int(hello["replay_from"])
+        self.protocol = protocol
+        self.attached = attached
+        self._ended: Refused | None = None
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def hello(self) -> Hello:
+        return self.attached.hello
+
+    @property
+    def position(self) -> int:
+        """The stream position after the last output byte received."""
+        return self.protocol.position
 
     @classmethod
     async def open(
         cls,
         http: aiohttp.ClientSession,
         url: str,
-        params: dict[str, str],
+        params: Mapping[str, str] | ClientProtocol,
         timeout: float = CONNECT_TIMEOUT,
     ) -> Wire | Refused:
-        """Connect and read the hello; a refusal (or no hello in time) is returned, not raised."""
+        """Connect and read the hello; a refusal (or no valid hello in time) is returned.
+
+        ``params`` is the first connect's query, or the protocol to connect (or resume) with.
+        """
+        protocol = params if isinstance(params, ClientProtocol) else None
+        protocol = protocol or ClientProtocol(options_from_query(cast(Mapping[str, str], params)))
+        query = protocol.start_connect()
         try:
             async with asyncio.timeout(timeout):
                 ws = await http.ws_connect(
-                    url, params=params, protocols=(SUBPROTOCOL,), max_msg_size=0, autoping=True
+                    url, params=query, protocols=(SUBPROTOCOL,), max_msg_size=0, autoping=True
                 )
                 first = await ws.receive()
         except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as exc:
+            protocol.connection_lost(CloseCode.ABNORMAL, str(exc) or type(exc).__name__)
             return Refused(int(CloseCode.ABNORMAL), str(exc) or type(exc).__name__)
         if first.type is aiohttp.WSMsgType.TEXT:
-            hello = json.loads(first.data)
-            if hello.get("type") == "hello":
-                return cls(ws, hello)
-        code = int(first.data) if first.type is aiohttp.WSMsgType.CLOSE else CloseCode.ABNORMAL
-        await ws.close()
-        return Refused(int(code), str(first.extra or ""))
+            try:
+                attached = protocol.receive_text(first.data)
+            except RemoteProtocolError as exc:
+                return await cls._refuse(ws, protocol, Refused(exc.code, exc.reason), exc.code)
+            assert isinstance(attached, Attached)  # the protocol accepts only a hello first
+            return cls(ws, protocol, attached)
+        if first.type is aiohttp.WSMsgType.CLOSE:
+            return await cls._refuse(ws, protocol, Refused(int(first.data), str(first.extra or "")))
+        return await cls._refuse(ws, protocol, Refused(CloseCode.ABNORMAL, "no hello"))
 
-    async def receive(self) -> bytes | dict[str, Any] | Refused:
-        """The next output chunk, control message, or how the connection ended."""
-        message = await self.ws.receive()
-        if message.type is aiohttp.WSMsgType.BINARY:
-            self.position += len(message.data)
-            return bytes(message.data)
-        if message.type is aiohttp.WSMsgType.TEXT:
-            decoded: dict[str, Any] = json.loads(message.data)
-            return decoded
-        if message.type is aiohttp.WSMsgType.CLOSE:
-            return Refused(int(message.data), str(message.extra or ""))
-        return Refused(self.ws.close_code or int(CloseCode.ABNORMAL), "connection lost")
+    @staticmethod
+    async def _refuse(
+        ws: aiohttp.ClientWebSocketResponse,
+        protocol: ClientProtocol,
+        refused: Refused,
+        code: int = CloseCode.NORMAL,
+    ) -> Refused:
+        protocol.connection_lost(refused.code, refused.reason)
+        with contextlib.suppress(Exception):
+            await ws.close(code=code, message=refused.reason.encode())
+        return refused
+
+    async def receive(self) -> Received:
+        """The next output chunk, control message, or how the connection ended.
+
+        A frame that breaks the protocol ends the connection (1002); unknown types are skipped.
+        """
+        while self._ended is None:
+            message = await self.ws.receive()
+            if message.type is aiohttp.WSMsgType.BINARY:
+                self.protocol.receive_output(message.data)
+                return bytes(message.data)
+            if message.type is aiohttp.WSMsgType.TEXT:
+                try:
+                    received = self.protocol.receive_text(message.data)
+                except RemoteProtocolError as exc:
+                    await self.close(exc.code, exc.reason)
+                    break
+                if received is not None:
+                    assert not isinstance(received, Attached)
+                    return received
+            elif message.type is aiohttp.WSMsgType.CLOSE:
+                self._end(int(message.data), str(message.extra or ""))
+            else:
+                self._end(self.ws.close_code or int(CloseCode.ABNORMAL), "connection lost")
+        assert self._ended is not None
+        return self._ended
 
     async def send(self, data: bytes) -> bool:
-        """Send input; False when the connection is already gone."""
-        try:
-            await self.ws.send_bytes(data)
-        except (aiohttp.ClientError, OSError, RuntimeError):
+        """Type ``data``: held by the protocol until acknowledged (re-sent after a resume) and
+        written now; False when the connection is already gone."""
+        if self.protocol.state is ClientState.ENDED:
             return False
-        return True
+        self.protocol.send_input(data)
+        return await self.flush()
+
+    async def flush(self) -> bool:
+        """Write what the protocol queued (input re-sent after a hello, typed input), in order."""
+        async with self._send_lock:
+            try:
+                for frame in self.protocol.frames_to_send():
+                    if isinstance(frame, bytes):
+                        await self.ws.send_bytes(frame)
+                    else:
+                        await self.ws.send_str(frame)
+            except (aiohttp.ClientError, OSError, RuntimeError):
+                return False
+        return self._ended is None
 
     def abort(self) -> None:
         """Drop the TCP connection without a close frame (what a network failure looks like)."""
+        self._end(CloseCode.ABNORMAL, "aborted by the client")
         connection = getattr(self.ws, "_conn", None)  # aiohttp keeps no public handle on it
         transport = getattr(connection, "transport", None)
         if transport is not None:
             transport.abort()
 
-    async def close(self, code: int = 1000) -> None:
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close with ``code``: 1000 ends the protocol too; a retry code (1001) lets it resume."""
+        self._end(code, reason)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code=code), 5)
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), 5)
+
+    def _end(self, code: int, reason: str) -> None:
+        """The one place a wire reports its end to the protocol (once)."""
+        if self._ended is None:
+            self._ended = Refused(code, reason)
+            if self.protocol.state in (ClientState.CONNECTING, ClientState.ATTACHED):
+                self.protocol.connection_lost(code, reason)
 
 
 def session_id() -> str:
@@ -138,8 +244,10 @@ class UserFailed(Exception):
 class TypingUser:
     """A user typing into ``cat`` in its own session; see the module docstring.
 
-    ``abort()``/``close()`` cut the connection; the receive task then resumes at once by offset
-    with ``create=0`` and this client id, re-sending input the server has not acknowledged.
+    Its :class:`ClientProtocol` keeps the position and the input ledger across connections; its
+    :class:`ReconnectPolicy` decides when to resume. :meth:`cut` drops the connection on purpose
+    and resumes at once (a user's "reconnect now"); a connection lost otherwise is resumed on the
+    policy's schedule, and the user fails when the policy stops or its breaker opens.
     """
 
     def __init__(
@@ -151,6 +259,7 @@ class TypingUser:
         *,
         rng: random.Random | None = None,
         session: str | None = None,
+        time_scale: float = 1.0,
     ) -> None:
         self.http, self.url, self.project, self.recorder = (
             http,
@@ -161,12 +270,13 @@ class TypingUser:
         self.rng = rng or random.Random()
         self.session = session or session_id()
         self.client = client_id()
+        self.protocol = ClientProtocol(ClientOptions(project, self.session, self.client))
+        self.policy = ReconnectPolicy(time_scale=time_scale)
         self.transcript = bytearray()  # the whole stream from position 0
         self.expected = bytearray()  # what must follow the marker
         self.marker_end: int | None = None
         self.verified = 0  # bytes after the marker checked against ``expected``
-        self.pending = bytearray()  # input not yet acknowledged, from byte ``acked`` on
-        self.acked = self.sent = 0
+        self.sent = 0  # bytes typed
         self.failed: str | None = None
         self.exit_code: int | None = None
         self.wire: Wire | None = None
@@ -183,24 +293,34 @@ class TypingUser:
         return len(self.transcript)
 
     @property
+    def acked(self) -> int:
+        """Typed bytes the server acknowledged."""
+        return self.protocol.input_acked
+
+    @property
+    def pending(self) -> int:
+        """Typed bytes not yet acknowledged."""
+        return self.protocol.unacknowledged
+
+    @property
     def is_connected(self) -> bool:
         return self.wire is not None and not self.reconnecting
 
-    # -- connecting ------------------------------------------------------------------------
-    def _params(self, resume: bool) -> dict[str, str]:
-        params = {"project": self.project, "session": self.session, "client": self.client}
-        if resume:
-            params |= {"offset": str(self.position), "create": "0"}
-        return params
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
 
+    # -- connecting ------------------------------------------------------------------------
     async def start(self) -> None:
         """Create the session; record connect latency (to the first byte); start ``cat``."""
         started = time.perf_counter()
-        result = await Wire.open(self.http, self.url, self._params(resume=False))
+        result = await Wire.open(self.http, self.url, self.protocol)
         if isinstance(result, Refused):
             self.recorder.close_codes[result.code] += 1
+            self.policy.stop(self._now(), result.code, result.reason)
             raise UserFailed(f"connect refused: {result.code} {result.reason}")
-        self.recorder.count("sessions_created" if result.hello["created"] else "sessions_joined")
+        self.policy.on_connected(self._now())
+        self.recorder.count("sessions_created" if result.hello.created else "sessions_joined")
         self._attach(result)
         await self.wait_for(lambda: self.position > 0, 10, "the first byte")
         self.recorder.latency("connect", time.perf_counter() - started)
@@ -212,34 +332,45 @@ class TypingUser:
         self._reader = asyncio.create_task(self._read(wire))
 
     async def resume(self) -> None:
-        """Reconnect by offset until a hello (immediate retries, then backoff); or fail."""
-        for attempt in range(1, 8):
-            self.recorder.count("reconnect_attempts")
-            started = time.perf_counter()
-            result = await Wire.open(self.http, self.url, self._params(resume=True))
-            if isinstance(result, Wire):
-                self.recorder.latency("reattach", time.perf_counter() - started)
-                self.recorder.count("reconnect_successes")
-                await self._receive_hello(result)
+        """Reconnect by offset when the policy says so, until a hello; or fail."""
+        while True:
+            state = self.policy.state
+            if state is State.STOPPED:
+                raise UserFailed("resume stopped by a stop code")
+            if state is State.OPEN:
+                raise UserFailed(f"resume failed {self.policy.failures} times: breaker open")
+            if state is State.WAITING:
+                await asyncio.sleep(max(0.0, (self.policy.retry_at or 0.0) - self._now()))
+                self.policy.on_timer(self._now())
+                continue
+            if state is State.CONNECTED:
+                raise UserFailed("resume while connected")  # a bug of the caller
+            await self._attempt_resume()
+            if self.policy.state is State.CONNECTED:
                 return
+
+    async def _attempt_resume(self) -> None:
+        self.recorder.count("reconnect_attempts")
+        started = time.perf_counter()
+        result = await Wire.open(self.http, self.url, self.protocol)
+        if isinstance(result, Refused):
             self.recorder.close_codes[result.code] += 1
-            if is_stop_code(result.code):
-                raise UserFailed(f"resume refused: {result.code} {result.reason}")
-            await asyncio.sleep(min(2 ** (attempt - 1), 30) * (0.5 + self.rng.random()) / 4)
-        raise UserFailed("resume failed 7 times")
+            self.policy.on_attempt_failed(self._now(), result.code, result.reason)
+            return
+        self.policy.on_connected(self._now())
+        self.recorder.latency("reattach", time.perf_counter() - started)
+        self.recorder.count("reconnect_successes")
+        await self._receive_hello(result)
 
     async def _receive_hello(self, wire: Wire) -> None:
-        hello = wire.hello
-        if hello["replay_from"] != self.position or hello["gap"]:
-            self._fail(f"resume at {self.position} got replay_from={hello['replay_from']} gap")
-        acked = int(hello["input_acked"])
-        if acked < self.acked or acked > self.sent:
-            self._fail(f"input_acked {acked} outside [{self.acked}, {self.sent}]")
-        self._drop_acked(acked)
+        hello, attached = wire.hello, wire.attached
+        if hello.replay_from != self.position or hello.gap:
+            self._fail(f"resume at {self.position} got replay_from={hello.replay_from} gap")
+        if attached.rebased:
+            self._fail(f"input_acked {hello.input_acked} is below what was acknowledged")
         self._attach(wire)
         self.reconnecting = False
-        if self.pending:
-            await wire.send(bytes(self.pending))
+        await wire.flush()  # the input the hello did not count
 
     async def cut(self, abrupt: bool = True) -> None:
         """Drop the connection (a network failure, or a clean close) and resume by offset."""
@@ -251,9 +382,11 @@ class TypingUser:
         if abrupt:
             wire.abort()
         else:
-            await wire.close()
+            await wire.close(CloseCode.GOING_AWAY, "cut by the load tool")
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
+        self.policy.on_lost(self._now(), CloseCode.ABNORMAL, "cut by the load tool")
+        self.policy.reconnect_now(self._now())
         await self.resume()
 
     # -- receiving -------------------------------------------------------------------------
@@ -262,11 +395,11 @@ class TypingUser:
             item = await wire.receive()
             if isinstance(item, bytes):
                 self._receive_output(item)
-            elif isinstance(item, dict):
-                self._receive_message(item)
-            else:
+            elif isinstance(item, Refused):
                 self._receive_close(item)
                 return
+            else:
+                self._receive_message(item)
 
     def _receive_output(self, data: bytes) -> None:
         start = len(self.transcript)
@@ -297,26 +430,27 @@ class TypingUser:
         while self._echoes and self._echoes[0][0] < self.verified:
             self.recorder.latency("echo", now - self._echoes.popleft()[1])
 
-    def _receive_message(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "ack":
-            self._drop_acked(int(message["input"]))
-        elif kind == "exit":
-            self.exit_code = message.get("code")
-        elif kind == "error":
+    def _receive_message(self, message: Ack | Resize | Pong | Exit | Rejected) -> None:
+        if isinstance(message, Ack):
+            self._progress.set()  # the protocol dropped what it acknowledges
+        elif isinstance(message, Exit):
+            self.exit_code = message.code
+        elif isinstance(message, Rejected):
             self.recorder.error(f"{self.session}: server error message {message}")
 
     def _receive_close(self, closed: Refused) -> None:
         self.wire = None
         if self.reconnecting:
             return  # our own cut
+        if self.policy.state is State.CONNECTED:
+            self.policy.on_lost(self._now(), closed.code, closed.reason)
         if self._finishing and closed.code == CloseCode.EXITED:
             self.recorder.count("clean_exits")
             self._progress.set()
             return
         self.recorder.close_codes[closed.code] += 1
         self.recorder.count("unexpected_closes")
-        if is_stop_code(closed.code):
+        if self.policy.state is State.STOPPED:
             self._fail(f"closed with stop code {closed.code} {closed.reason}")
             return
         self.reconnecting = True
@@ -327,11 +461,6 @@ class TypingUser:
             await self.resume()
         except UserFailed as exc:
             self._fail(str(exc))
-
-    def _drop_acked(self, acked: int) -> None:
-        if acked > self.acked:
-            del self.pending[: acked - self.acked]
-            self.acked = acked
 
     def _fail(self, message: str) -> None:
         if self.failed is None:
@@ -346,12 +475,14 @@ class TypingUser:
         if track:
             self._expect_typed(data)
             self.recorder.count("keys", len(data))
-        self.pending += data
         self.sent += len(data)
-        if self.is_connected and self.wire is not None:
+        wire = self.wire
+        if self.is_connected and wire is not None:
             if track:
                 self._echoes.append((echo_at, time.perf_counter()))
-            await self.wire.send(data)
+            await wire.send(data)
+        elif self.protocol.state is not ClientState.ENDED:
+            self.protocol.send_input(data)  # held: sent after the next hello
 
     def _expect_typed(self, data: bytes) -> None:
         # The terminal echoes each key (Enter as \r\n); cat then prints the whole line.
@@ -373,7 +504,7 @@ class TypingUser:
         await self.wait_for(lambda: self.verified >= len(self.expected), timeout, "a line's output")
         self.recorder.count("lines")
 
-    async def wait_for(self, condition: Any, timeout: float, what: str) -> None:
+    async def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         """Wait until ``condition()`` is true (raises UserFailed on timeout or failure)."""
         deadline = time.monotonic() + timeout
         while not condition():
@@ -389,16 +520,12 @@ class TypingUser:
     # -- the end ---------------------------------------------------------------------------
     async def verify_replay(self) -> bool:
         """A fresh connection replays the session from offset 0: it must equal our transcript."""
-        params = {"project": self.project, "session": self.session, "offset": "0", "create": "0"}
-        result = await Wire.open(self.http, self.url, params)
+        replayer = ClientProtocol(ClientOptions(self.project, self.session, offset=0, create=False))
+        result = await Wire.open(self.http, self.url, replayer)
         if isinstance(result, Refused):
             self._fail(f"replay check refused: {result.code} {result.reason}")
             return False
-        replay, start, head = (
-            bytearray(),
-            int(result.hello["replay_from"]),
-            int(result.hello["head"]),
-        )
+        replay, start, head = bytearray(), result.hello.replay_from, result.hello.head
         try:
             async with asyncio.timeout(15):
                 while start + len(replay) < head:
@@ -442,6 +569,8 @@ class TypingUser:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+        self.protocol.close()
+        self.policy.stop(self._now())
 
 
 # ------------------------------------------------------------------------------- wire helpers

@@ -40,6 +40,7 @@ from typing import Any
 import aiohttp
 
 from tether.client import fetch_json, websocket_url
+from tether.protocol.client import ClientProtocol
 from tether.protocol.codes import CloseCode, retry_after_seconds
 from tether.tools.embedded import EmbeddedServer
 from tether.tools.loadkit import (
@@ -171,9 +172,12 @@ class _StressRun:
         else:
             self.recorder.error(f"{where}: refused {refused.code} {refused.reason}")
 
-    async def _open(self, params: dict[str, str], where: str) -> Wire | None:
+    async def _open(self, params: dict[str, str] | ClientProtocol, where: str) -> Wire | None:
+        """Connect with ``params`` (a first query, or a protocol to resume with)."""
         assert self.http is not None
-        result = await Wire.open(self.http, self.ws_url, {"project": self.project, **params})
+        if not isinstance(params, ClientProtocol):
+            params = {"project": self.project, **params}
+        result = await Wire.open(self.http, self.ws_url, params)
         if isinstance(result, Refused):
             self._refused(result, where)
             return None
@@ -314,13 +318,12 @@ class _StressRun:
             return
         received = await read_at_least(wire, 1)
         if index % 2:
-            wire.abort()
-            params = {"session": session, "client": client, "create": "0"}
+            wire.abort()  # the same protocol resumes: offset, create=0, the client id
             offset = wire.position
-            resumed = await self._open(params | {"offset": str(offset)}, "resume new key")
+            resumed = await self._open(wire.protocol, "resume new key")
             if resumed is None:
                 return
-            if resumed.hello["replay_from"] != offset or resumed.hello["created"] or not received:
+            if resumed.hello.replay_from != offset or resumed.hello.created or not received:
                 self.recorder.error(f"new key resume: unexpected hello {resumed.hello}")
             wire = resumed
         await self._exit(wire, "new key")
@@ -353,8 +356,8 @@ class _StressRun:
         )
         wires = [r for r in results if isinstance(r, Wire)]
         refused = [r for r in results if isinstance(r, Refused)]
-        created = [w for w in wires if w.hello["created"]]
-        keys = {w.hello["key"] for w in wires}
+        created = [w for w in wires if w.hello.created]
+        keys = {w.hello.key for w in wires}
         expect_admitted = min(group, self.threshold)
         stats = await fetch_json(self.url, "/stats/sessions", token=self.token)
         entries = [s for s in stats["sessions"] if s["session"] == session]
@@ -414,7 +417,7 @@ class _StressRun:
         wanted = self.rng.randrange(1, len(reference) - offset + 1)
         got = await read_at_least(wire, wanted)
         wire.abort()
-        start = int(wire.hello["replay_from"])
+        start = wire.hello.replay_from
         got = got[: len(reference) - start]  # the prompt may follow what the source read
         if start != offset or got != reference[start : start + len(got)]:
             self.recorder.error(f"replay of {session} from {offset} differs from the live stream")
