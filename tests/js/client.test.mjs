@@ -552,16 +552,41 @@ describe('other messages', () => {
     assert.deepEqual(remote, [{ cols: 70, rows: 10 }]);
   });
 
-  test('error messages, unknown types and bad JSON leave the connection open', () => {
+  test('error messages and unknown types leave the connection open', () => {
     const client = connected();
     const errors = [];
     client.on('server-error', (e) => errors.push(e.code));
-    client.on('protocol-error', (e) => errors.push(e));
     Socket.last.receiveJson({ type: 'error', code: 'bad_json', message: 'x' });
     Socket.last.receiveJson({ type: 'from-the-future' });
-    Socket.last.onmessage({ data: '{nope' });
-    assert.equal(errors.length, 2);
-    assert.equal(errors[0], 'bad_json');
+    assert.deepEqual(errors, ['bad_json']);
     assert.equal(client.state, ConnectionState.CONNECTED);
+  });
+
+  test('a frame that is not JSON closes with 1002 and resumes from the position held', () => {
+    const client = connected();
+    const errors = [];
+    client.on('protocol-error', (e) => errors.push(e));
+    Socket.last.receiveOutput('abc');
+    const broken = Socket.last;
+    broken.onmessage({ data: '{nope' });
+    assert.equal(errors.length, 1);
+    assert.match(errors[0], /not JSON/);
+    assert.equal(broken.closedByClient.code, 1002);
+    assert.equal(client.state, ConnectionState.RECONNECTING);
+    tick(1000);
+    assert.notEqual(Socket.last, broken);
+    assert.equal(query(Socket.last).offset, '3');
+    assert.equal(query(Socket.last).create, '0');
+  });
+
+  test('a first frame that is not a hello is a protocol error, not a silent wait', () => {
+    const client = connection();
+    const errors = [];
+    client.on('protocol-error', (e) => errors.push(e));
+    client.connect();
+    Socket.last.receiveJson({ type: 'ack', input: 0 });
+    assert.match(errors[0], /expected hello/);
+    assert.equal(Socket.last.closedByClient.code, 1002);
+    assert.equal(client.state, ConnectionState.RECONNECTING);
   });
 });

@@ -237,6 +237,17 @@ export class TetherConnection extends Emitter {
     this._setState(ConnectionState.CONNECTING, { attempt, trial });
   }
 
+  /**
+   * The server broke the protocol (a frame that is not JSON, no hello first): say so, close with
+   * 1002 and resume from the position held, as the Python client does (docs/protocol.md appendix).
+   */
+  _protocolError(reason) {
+    this.emit('protocol-error', reason);
+    const attached = this._attached;
+    this._closeSocket(1002, reason.slice(0, 120));
+    this._socketClosed(1002, reason, attached);
+  }
+
   /** Our side gave up on the socket (timeout, no answer): treat it as lost without a close frame. */
   _dropSocket(reason) {
     const attached = this._attached;
@@ -332,12 +343,12 @@ export class TetherConnection extends Emitter {
     try {
       message = JSON.parse(text);
     } catch {
-      this.emit('protocol-error', `not JSON: ${text.slice(0, 80)}`);
+      this._protocolError(`not JSON: ${text.slice(0, 80)}`);
       return;
     }
     if (!this._attached) {
       if (message?.type === 'hello') this._receiveHello(message);
-      else this.emit('protocol-error', `expected hello, got ${message?.type}`);
+      else this._protocolError(`expected hello, got ${message?.type}`);
       return;
     }
     this._receiveMessage(message);
