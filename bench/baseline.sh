@@ -10,5 +10,6 @@ if [ -e "$dir" ]; then git worktree remove --force "$dir" 2>/dev/null || rm -rf 
 git worktree prune
 git worktree add --detach "$dir" "$rev" >/dev/null
 python3 -m venv "$dir/.venv"
-"$dir/.venv/bin/python" -m pip install -q "$dir" >/dev/null
+# Editable: older trees did not list every data file (close_codes.json) as package data.
+"$dir/.venv/bin/python" -m pip install -q -e "$dir" >/dev/null
 echo "$dir/.venv/bin/python"
