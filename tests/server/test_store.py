@@ -1,4 +1,4 @@
-"""The SessionStore contract, run against every implementation (the in-memory one today)."""
+"""The SessionStore contract, run against every implementation (in memory, and in a real Redis)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.redis import redis_server
 from tether.server.session import SessionState
 from tether.server.store import MemoryStore, SessionRecord, SessionStore, Tombstone
+from tether.server.store.redis import RedisStore, redis_client
 
 StoreFactory = Callable[[], contextlib.AbstractAsyncContextManager[SessionStore]]
 
@@ -19,10 +21,29 @@ async def memory_store() -> AsyncIterator[SessionStore]:
     yield MemoryStore()
 
 
-# Every implementation is listed here. The Redis store appends its factory (an async context
-# manager that yields a store on a fresh database of a real redis-server and closes it after),
-# as `pytest.param(redis_store, id="redis", marks=pytest.mark.redis)`.
-STORE_FACTORIES = [pytest.param(memory_store, id="memory")]
+@contextlib.asynccontextmanager
+async def redis_store() -> AsyncIterator[SessionStore]:
+    """A store on its own real redis-server (a fresh database), stopped after the test; a key
+    outside the store's prefix is there before and must be untouched after."""
+    with redis_server() as server:
+        client = redis_client(server.url)
+        try:
+            await client.set("someone-else:key", "theirs")
+            yield RedisStore(client, prefix="test:")
+            assert await client.get("someone-else:key") == "theirs"
+            keys = {key async for key in client.scan_iter()}
+            strays = {key for key in keys if not key.startswith("test:")} - {"someone-else:key"}
+            assert strays == set(), "the store wrote outside its prefix"
+        finally:
+            await client.aclose()
+
+
+# Every implementation is listed here; the Redis one runs against a real redis-server (installed
+# by ./dev setup: a missing one fails the test rather than skipping it).
+STORE_FACTORIES = [
+    pytest.param(memory_store, id="memory"),
+    pytest.param(redis_store, id="redis", marks=pytest.mark.redis),
+]
 
 
 @pytest.fixture(params=STORE_FACTORIES)
