@@ -23,6 +23,25 @@ def _open_fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``--auth local`` servers started here store their tokens in a directory of the test
+    run's, never in the real user's (``$XDG_RUNTIME_DIR/tether``)."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    runtime.chmod(0o700)
+    previous = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(runtime)
+    # Files the tests write (tokens files, keys) are private, as the server requires of
+    # secrets; a test of that rule sets the mode it means.
+    umask = os.umask(0o077)
+    yield
+    os.umask(umask)
+    if previous is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = previous
+
+
 @pytest.fixture(autouse=True, scope="module")
 def no_leaks() -> Iterator[None]:
     """After a module: no process we started is left, no more fds are open than before."""

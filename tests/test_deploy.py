@@ -60,17 +60,33 @@ def test_unit_runs_tether_serve_with_drain_friendly_stop_and_hardening() -> None
     hardening = {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
-        "ProtectHome": "yes",
+        "ProtectHome": "tmpfs",
         "PrivateTmp": "yes",
         "PrivateDevices": "yes",
-        "CapabilityBoundingSet": "",
         "RestrictSUIDSGID": "yes",
         "LockPersonality": "yes",
         "SystemCallArchitectures": "native",
     }
     assert {key: service.get(key) for key in hardening} == hardening
     assert service["LogsDirectory"] == "tether" and "TasksMax" in service
+    assert service["BindPaths"] == "/home" and "/home" in service["ReadWritePaths"].split()
     assert sections["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_unit_gives_only_the_capabilities_that_switching_to_owners_accounts_needs() -> None:
+    # Shells run as each owner's account (docs/security.md): tether, not root, needs to switch
+    # users (SETUID, SETGID) and to end those users' processes (KILL); nothing else.
+    service = unit_sections()["Service"]
+    needed = {"CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
+    assert set(service["CapabilityBoundingSet"].split()) == needed
+    assert set(service["AmbientCapabilities"].split()) == needed
+    assert service["User"] == "tether" and service["NoNewPrivileges"] == "yes"
+
+
+def test_example_config_runs_owners_shells_as_their_accounts(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text()
+    assert re.search(r"^# allow_same_user_shells = false", text, re.M)
+    assert re.search(r"^# user_map = ", text, re.M) and "account" in text
 
 
 def installed_unit(tmp_path: Path) -> Path:

@@ -6,6 +6,7 @@ TetherError
 │   └── InvalidParameter   4000: a query parameter is malformed (names it)
 ├── SpawnError             the shell could not be started
 ├── RecordError            a stored session record or tombstone cannot be read (names the field)
+├── HandoverError          a hand-over from a previous server process cannot be read or made
 ├── RegistryUnavailable    Redis (the shared store and node registry) cannot be reached in time
 ├── MisuseError            the caller used an object in a way its state does not allow (a bug)
 │   ├── IllegalTransition  a session event its state does not allow
@@ -81,6 +82,13 @@ class IllegalTransition(MisuseError):
 
 class SpawnError(TetherError):
     """The shell could not be started (missing program, bad directory, no PTY left)."""
+
+
+class HandoverError(TetherError):
+    """The state handed from one server process to the next (an upgrade's memfd, the
+    file-descriptor store after a crash) is of an unknown version or malformed; or an upgrade
+    was refused before anything was handed over (its pre-check failed). The old process keeps
+    serving then."""
 
 
 class RecordError(TetherError):

@@ -170,6 +170,7 @@ async def test_http_errors_are_json() -> None:
         async with http.post(f"{srv.base_url}/healthz") as response:
             assert response.status == 405
             assert "error" in await response.json()
-        async with http.post(f"{srv.base_url}/api/sessions/clear", data=b"{bad") as response:
+        bad = {"data": b"{bad", "headers": {"Content-Type": "application/json"}}
+        async with http.post(f"{srv.base_url}/api/sessions/clear", **bad) as response:
             assert response.status == 400
             assert (await response.json())["error"]["code"] == "bad_json"

@@ -438,7 +438,7 @@ async def test_non_loopback_bind_with_insecure_no_auth_or_auth_starts(tmp_path: 
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(f'[[tokens]]\nowner = "ops"\ntoken = "{OPS}"\nprojects = "*"\n')
     for args in (
-        ("--host", "0.0.0.0", "--insecure-no-auth"),
+        ("--host", "0.0.0.0", "--auth", "none", "--insecure-no-auth", "--allowed-host", "t.test"),
         ("--host", "0.0.0.0", "--auth", "token", "--tokens-file", str(tokens)),
     ):
         with start_server(*args) as server:

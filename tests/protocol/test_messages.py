@@ -74,6 +74,8 @@ def test_client_messages() -> None:
         '{"type":"ping","t":"1"}',
         '{"type":"resize","cols":80,"rows":true}',
         '{"type":"resize","cols":1001,"rows":1}',
+        '{"type":"input","data":"\\ud800"}',  # a lone surrogate: not encodable as UTF-8
+        '{"type":"input","data":"ok \\udfff"}',
     ):
         result = parse_client_message(bad)
         assert isinstance(result, MessageError) and result.code == "bad_field"

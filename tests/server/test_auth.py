@@ -243,12 +243,18 @@ def _hmac_signed(claims: dict[str, object], key: bytes) -> str:
 # ----------------------------------------------------------------------------- settings
 def _settings(tmp_path: Path, **raw: object):
     (tmp_path / "web").mkdir(exist_ok=True)
-    layer = {"projects": [f"web={tmp_path / 'web'}"], "log_file": "-", **raw}
+    # Owners here share the test's account (tests/integration/test_accounts.py maps them).
+    layer = {
+        "projects": [f"web={tmp_path / 'web'}"],
+        "log_file": "-",
+        "allow_same_user_shells": True,
+        **raw,
+    }
     return build_settings(layer, cwd=tmp_path)
 
 
 def test_from_settings_builds_each_mode(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
-    assert isinstance(auth.from_settings(_settings(tmp_path)), auth.NoAuth)
+    assert isinstance(auth.from_settings(_settings(tmp_path, auth="none")), auth.NoAuth)
     tokens = _tokens_file(tmp_path, f'[[tokens]]\nowner = "a"\ntoken = "{ALICE}"\n')
     built = auth.from_settings(_settings(tmp_path, auth="token", tokens_file=str(tokens)), {})
     assert isinstance(built, auth.TokenAuth) and built.authenticate(ALICE) is not None
@@ -290,6 +296,7 @@ def test_from_settings_refuses_weak_or_missing_keys(tmp_path: Path) -> None:
         ({"host": "::"}, "auth", "without authentication"),
         ({"host": "192.0.2.1"}, "auth", "without authentication"),
         ({"host": "example.com"}, "auth", "without authentication"),
+        ({"host": "0.0.0.0", "auth": "none", "insecure_no_auth": True}, "allowed-host", "needs"),
         ({"auth": "token"}, "tokens-file", "required"),
         ({"auth": "jwt"}, "auth", "one of"),
         ({"auth": "jwt", "jwt_secret_env": "A", "jwt_public_key": "k.pem"}, "auth", "one of"),
@@ -318,6 +325,7 @@ def test_security_settings_rules(tmp_path: Path, raw: dict, setting: str, messag
         {"host": "::1"},
         {"host": "localhost"},
         {"host": "0.0.0.0", "insecure_no_auth": True},
+        {"host": "0.0.0.0", "auth": "none", "insecure_no_auth": True, "allowed_hosts": ["t.test"]},
         {"host": "0.0.0.0", "auth": "jwt", "jwt_secret_env": "X"},
         {"allowed_hosts": ["tether.example.com", ".example.org", "10.0.0.5"]},
         {"allowed_origins": ["https://tether.example.com", "http://localhost:3000"]},
@@ -344,3 +352,71 @@ def test_security_settings_from_environment(tmp_path: Path) -> None:
     assert settings.auth == "jwt" and settings.jwt_secret_env == "SIGNING_KEY"
     assert settings.max_sessions_per_owner == 7 and not settings.metrics_auth
     assert settings.allowed_hosts == ("a.example", "b.example")
+
+
+# ----------------------------------------------------------------------------- jwt (issue 12)
+def test_jwt_issuer_is_checked_when_configured() -> None:
+    verifier = auth.JwtAuth(SECRET.encode(), "HS256", issuer="https://idp.example")
+    assert verifier.authenticate(_hs256(_claims(iss="https://idp.example"))) is not None
+    for claims in (_claims(iss="https://evil.example"), _claims()):
+        assert verifier.authenticate(_hs256(claims)) is None
+
+
+@pytest.mark.parametrize(
+    "exp",
+    [
+        int(time.time()) + 10 * 365 * 86400,  # ten years: a token that never expires
+        int(time.time()) + 86400 + 600,  # just past the lifetime cap (and the leeway)
+        str(int(time.time()) + 60),  # not a number
+        True,
+        float("nan"),
+    ],
+)
+def test_jwt_lifetime_is_capped_and_exp_must_be_a_number(exp: object) -> None:
+    verifier = auth.JwtAuth(SECRET.encode(), "HS256", max_lifetime=86400)
+    claims = _claims()
+    claims["exp"] = exp
+    token = jwt.encode(claims, SECRET, algorithm="HS256") if exp == exp else _raw_nan_exp()
+    assert verifier.authenticate(token) is None
+    assert verifier.authenticate(_hs256(_claims(exp=int(time.time()) + 3600))) is not None
+
+
+def _raw_nan_exp() -> str:
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
+    body = base64.urlsafe_b64encode(b'{"sub":"alice","projects":["web"],"exp":NaN}').rstrip(b"=")
+    signing = header + b"." + body
+    signature = base64.urlsafe_b64encode(
+        hmac.new(SECRET.encode(), signing, hashlib.sha256).digest()
+    ).rstrip(b"=")
+    return (signing + b"." + signature).decode()
+
+
+def test_jwt_deny_list_refuses_listed_token_ids(tmp_path: Path) -> None:
+    deny = tmp_path / "denied.txt"
+    deny.write_text("# revoked\nleaked-1\n\n  leaked-2  \n", encoding="utf-8")
+    verifier = auth.JwtAuth(SECRET.encode(), "HS256", denied_ids=auth.load_deny_list(deny))
+    for jti in ("leaked-1", "leaked-2"):
+        assert verifier.authenticate(_hs256(_claims(jti=jti))) is None
+    assert verifier.authenticate(_hs256(_claims(jti="fine"))) is not None
+    assert verifier.authenticate(_hs256(_claims())) is not None
+    with pytest.raises(ConfigError, match="cannot read"):
+        auth.load_deny_list(tmp_path / "absent.txt")
+
+
+def test_jwt_settings_reach_the_verifier(tmp_path: Path) -> None:
+    deny = tmp_path / "denied.txt"
+    deny.write_text("leaked-1\n", encoding="utf-8")
+    settings = _settings(
+        tmp_path,
+        auth="jwt",
+        jwt_secret_env="S",
+        jwt_issuer="idp",
+        jwt_max_lifetime=600,
+        jwt_deny_list=str(deny),
+    )
+    verifier = auth.from_settings(settings, {"S": SECRET})
+    soon = int(time.time()) + 300
+    assert verifier.authenticate(_hs256(_claims(iss="idp", exp=soon))) is not None
+    assert verifier.authenticate(_hs256(_claims(iss="idp", exp=soon + 3600))) is None
+    assert verifier.authenticate(_hs256(_claims(iss="idp", exp=soon, jti="leaked-1"))) is None
+    assert verifier.authenticate(_hs256(_claims(exp=soon))) is None

@@ -64,6 +64,8 @@ def make_server(tmp_path: Path, clock: FakeClock | None = None, **settings: Any)
     settings.setdefault("shell", "bash --norc --noprofile")
     settings.setdefault("log_file", "-")
     settings.setdefault("kill_grace", 0.5)
+    settings.setdefault("auth", "none")
+    settings.setdefault("allow_same_user_shells", True)
     return Server(build_settings(settings, cwd=tmp_path), clock=clock)
 
 

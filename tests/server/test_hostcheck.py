@@ -25,7 +25,21 @@ def test_loopback_hosts(host: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "host", ["0.0.0.0", "::", "", "192.168.1.2", "10.0.0.1", "example.com", "localhost.evil.com"]
+    "host",
+    [
+        "0.0.0.0",
+        "::",
+        "",
+        "192.168.1.2",
+        "10.0.0.1",
+        "example.com",
+        "localhost.evil.com",
+        # A prefix is not an address: these are not loopback (issue 12).
+        "::1abc",
+        "::1:0",
+        "127.0.0.1.evil.example",
+        "::ffff:128.0.0.1",
+    ],
 )
 def test_non_loopback_hosts(host: str) -> None:
     assert not is_loopback_host(host)

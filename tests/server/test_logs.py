@@ -194,3 +194,19 @@ async def test_a_session_life_is_in_the_log_from_create_to_reap(configured, tmp_
     assert len(errors) == 5 and all(e["level"] == "error" and e["reason"] for e in errors)
     (project_breaker,) = events(lines, "breaker", project="gone")
     assert project_breaker["state"] == "open" and project_breaker["failures"] == 5
+
+
+def test_human_lines_cannot_be_forged_by_a_field_value() -> None:
+    """A JWT ``sub`` is any printable string: on stderr it must stay one quoted value, with no
+    control character (C1, line separators) reaching the terminal or the log collector."""
+    owner = "mallory addr=10.0.0.1 code=1000\u0085\u2028\x9b31m"
+    record = logging.LogRecord("tether.lifecycle", logging.INFO, "", 0, "connect", (), None)
+    record.fields = {"owner": owner, "addr": "127.0.0.1", "code": 1000}
+    line = logs.HumanFormatter().format(record)
+    assert line.isprintable() and line.isascii(), line
+    pairs = line.split(" connect ", 1)[1]
+    assert pairs.count("addr=") == 2 and pairs.endswith("addr=127.0.0.1 code=1000")
+    assert pairs.startswith("owner=" + json.dumps(owner)), pairs
+    plain = logging.LogRecord("tether.lifecycle", logging.INFO, "", 0, "connect", (), None)
+    plain.fields = {"owner": "alice", "key": "session_1:web"}
+    assert logs.HumanFormatter().format(plain).endswith("connect owner=alice key=session_1:web")

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 import pwd
+from pathlib import Path
 
 import pytest
 
 from tether.errors import ConfigError
-from tether.server.shellenv import run_as, shell_environment
+from tether.server.shellenv import (
+    may_switch_user,
+    run_as,
+    shell_environment,
+    shell_for,
+    switched_uid,
+)
 
 SERVER_ENVIRONMENT = {
     "PATH": "/usr/bin:/bin",
@@ -64,3 +71,31 @@ def test_run_as_is_a_no_op_for_ourselves_and_needs_root_otherwise() -> None:
         run_as(account.pw_name, ("bash",), euid=account.pw_uid + 1)
     with pytest.raises(ConfigError, match="no such user"):
         run_as("no-such-user-here", ("bash",))
+
+
+def test_run_as_drops_every_capability_the_server_holds() -> None:
+    # A server given CAP_SETUID (the systemd unit) keeps it across a uid change unless told.
+    argv = run_as(_other_account().pw_name, ("bash",), euid=0)
+    assert "--inh-caps=-all" in argv and "--ambient-caps=-all" in argv
+    assert argv.index("--ambient-caps=-all") < argv.index("--")
+
+
+def test_shell_for_rewraps_the_configured_shell_for_the_owner_account() -> None:
+    account = _other_account()
+    assert shell_for(("bash", "-l"), None) == ("bash", "-l")
+    argv = shell_for(("bash", "-l"), account.pw_name)
+    assert argv[-3:] == ("--", "bash", "-l") and switched_uid(argv) == account.pw_uid
+    # A --shell-user wrapping is replaced, not nested.
+    again = shell_for(argv, account.pw_name)
+    assert again == argv and again.count("--") == 1
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert shell_for(argv, me) == ("bash", "-l") and switched_uid(("bash",)) is None
+    with pytest.raises(ConfigError, match="account: no such user"):
+        shell_for(("bash",), "no-such-user-here")
+
+
+def test_only_root_or_ambient_setuid_and_setgid_may_switch_users() -> None:
+    assert may_switch_user(0)
+    ambient = Path("/proc/self/status").read_text().split("CapAmb:")[1].split()[0]
+    expected = int(ambient, 16) & 0xC0 == 0xC0
+    assert may_switch_user(12345) == expected

@@ -1,5 +1,8 @@
 """Start real tether servers for tests: as a subprocess (``start_server``) or in this process
-(``inprocess_server``). Shells are ``bash --norc --noprofile`` with a temporary HOME."""
+(``inprocess_server``). Shells are ``bash --norc --noprofile`` with a temporary HOME; both
+run with ``--auth none`` unless a test asks for another mode (the default, ``local``, stores a
+token in the user's runtime directory), and with ``--allow-same-user-shells`` (``token`` and
+``jwt`` owners here share the test's account) unless ``same_user_shells=False``."""
 
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ class ServerProcess:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tether-test-")))
     process: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
+    same_user_shells: bool = True
 
     @property
     def home(self) -> Path:
@@ -102,7 +106,11 @@ class ServerProcess:
             "1",
             "--drain-grace",
             "0.2",
+            "--auth",
+            "none",
         ]
+        if self.same_user_shells:
+            command.append("--allow-same-user-shells")
         if not has_project:
             command += ["--project", f"{self.project}={self.project_dir}"]
         command += list(self.args)
@@ -185,9 +193,11 @@ class ServerProcess:
         self.cleanup()
 
 
-def start_server(*extra_args: str, env: Mapping[str, str] | None = None) -> ServerProcess:
+def start_server(
+    *extra_args: str, env: Mapping[str, str] | None = None, same_user_shells: bool = True
+) -> ServerProcess:
     """Start ``tether serve`` on a free loopback port; use as a context manager or ``cleanup()``."""
-    return ServerProcess(args=tuple(extra_args), env=env).start()
+    return ServerProcess(args=tuple(extra_args), env=env, same_user_shells=same_user_shells).start()
 
 
 @dataclass
@@ -230,6 +240,8 @@ async def inprocess_server(
     settings.setdefault("shell", SHELL)
     settings.setdefault("log_file", "-")
     settings.setdefault("kill_grace", 1)
+    settings.setdefault("auth", "none")
+    settings.setdefault("allow_same_user_shells", True)
     previous_home = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
     app = create_app(build_settings(settings, cwd=workdir), clock=clock)

@@ -77,7 +77,7 @@ async def test_load_with_a_token_against_a_server_with_auth(tmp_path: Path) -> N
     tokens.write_text(
         f'[[tokens]]\ntoken = "{token}"\nowner = "loader"\nprojects = "*"\noperator = true\n'
     )
-    args = ("--auth", "token", "--tokens-file", str(tokens))
+    args = ("--auth", "token", "--tokens-file", str(tokens), "--allow-same-user-shells")
     async with EmbeddedServer(*args) as server:
         options = LoadOptions(url=server.base_url, connections=2, duration=2, ramp_up=0)
         refused = await run_load(options)

@@ -11,6 +11,7 @@ from tether.cli._group import cli
 from tether.cli.check import CommandFailed
 from tether.client import Terminal, fetch_projects, websocket_url
 from tether.client.attach import Attachment, AttachResult, window_size
+from tether.client.credentials import stored_token
 from tether.errors import ClientError, SessionEnded
 
 DEFAULT_URL = "ws://127.0.0.1:4001"
@@ -90,6 +91,7 @@ def attach(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="URL") from None
     try:
+        token = token or stored_token(target)
         result, project = asyncio.run(_attach(target, project, session, token))
     except SessionEnded as exc:
         click.echo(f"tether: cannot attach: {_why(exc)}", err=True)

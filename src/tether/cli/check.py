@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tether.cli._group import cli
 from tether.client import websocket_url
+from tether.client.credentials import stored_token
 from tether.tools.check import SCENARIOS, CheckReport, run_check
 
 
@@ -123,7 +124,7 @@ def check(
             url,
             names,
             project=project,
-            token=token,
+            token=token or (stored_token(url) if url is not None else None),
             time_scale=time_scale,
             strict=strict,
             progress=progress,

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from tether.cli._group import cli
 from tether.client import websocket_url
+from tether.client.credentials import stored_token
 from tether.tools.load import LoadOptions, LoadProgress, run_load, write_plot
 from tether.tools.loadkit import Verdict
 from tether.tools.stress import StressOptions, StressProgress, run_stress
@@ -182,7 +183,7 @@ def load(
         ramp_up=ramp_up,
         reconnect_every=reconnect_every,
         seed=seed,
-        token=token,
+        token=token or (stored_token(url) if url is not None else None),
     )
     report = _run_live(
         f"tether load — {connections} users × {duration:g} s",
@@ -226,7 +227,7 @@ def stress(
         iterations=iterations,
         concurrency=concurrency,
         seed=seed,
-        token=token,
+        token=token or (stored_token(url) if url is not None else None),
     )
     report = _run_live(
         f"tether stress — {iterations} iterations",

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from tether.cli._group import cli
 from tether.client import http_url
+from tether.client.credentials import stored_token
 
 DEFAULT_URL = "http://127.0.0.1:4001"
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
@@ -109,7 +110,7 @@ def _http_error_message(exc: urllib.error.HTTPError) -> str:
 
 def _client(url: str, token: str | None) -> ApiClient:
     try:
-        return ApiClient(http_url(url), token)
+        return ApiClient(http_url(url), token or stored_token(url))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--url") from None
 

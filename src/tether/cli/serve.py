@@ -36,8 +36,9 @@ _SCALAR_FLAGS = (
 
 # Security flags (docs/security.md): (flag, metavar, help).
 _SECURITY_FLAGS = (
-    ("auth", "none|token|jwt", "authentication mode (default none: loopback binds only)"),
+    ("auth", "local|none|token|jwt", "authentication (default local: a generated token)"),
     ("tokens-file", "FILE", "TOML file of [[tokens]] (owner, projects, operator) for --auth token"),
+    ("jwt-secret-file", "FILE", "file holding the HS256 secret for --auth jwt (mode 600)"),
     ("jwt-secret-env", "NAME", "environment variable holding the HS256 secret for --auth jwt"),
     ("jwt-public-key", "FILE", "PEM RSA public key (RS256) for --auth jwt"),
     ("jwt-audience", "AUD", "required JWT audience (aud)"),
@@ -46,11 +47,28 @@ _SECURITY_FLAGS = (
     ("certfile", "FILE", "TLS certificate chain (PEM): serve https:// and wss://"),
     ("keyfile", "FILE", "TLS private key (PEM), if not inside --certfile"),
     ("shell-user", "USER", "run shells as this unprivileged user (server running as root)"),
+    ("jwt-account-claim", "CLAIM", "JWT claim naming the owner's Unix account for its shells"),
+    ("user-map", "FILE", 'TOML file of owner = "account": the Unix account of each owner'),
+    ("jwt-issuer", "ISS", "required JWT issuer (iss)"),
+    ("jwt-max-lifetime", "SECONDS", "longest JWT lifetime accepted (exp - now; default 86400)"),
+    ("jwt-deny-list", "FILE", "file of revoked JWT ids (jti), one a line; reloaded on SIGHUP"),
+    ("max-login-failures", "N", "failed logins per address per minute before 4129/429"),
+    ("handshake-timeout", "SECONDS", "time to send the request headers (default 10)"),
+    ("max-pending-per-address", "N", "connections not yet upgraded per address (default 32)"),
+)
+
+
+# Cluster flags (docs/scaling.md): (flag, metavar, help).
+_CLUSTER_FLAGS = (
+    ("redis-url", "URL", "join a cluster of nodes sharing this Redis (redis://HOST:PORT/DB)"),
+    ("node-id", "NAME", "this node's name in the cluster (default: host name and port)"),
+    ("advertise-url", "URL", "how other nodes reach this one (default: from --host/--port)"),
+    ("cluster-secret-env", "NAME", "environment variable holding the node-to-node secret"),
 )
 
 
 def _options(command: Any) -> Any:
-    for flag, metavar, text in reversed(_SCALAR_FLAGS + _SECURITY_FLAGS):
+    for flag, metavar, text in reversed(_SCALAR_FLAGS + _SECURITY_FLAGS + _CLUSTER_FLAGS):
         command = click.option(f"--{flag}", default=None, metavar=metavar, help=text)(command)
     return command
 
@@ -103,6 +121,13 @@ def _options(command: Any) -> Any:
     is_flag=True,
     default=None,
     help="allow --auth none on a non-loopback address (anyone reaching it gets a shell)",
+)
+@click.option(
+    "--allow-same-user-shells",
+    "allow_same_user_shells",
+    is_flag=True,
+    default=None,
+    help="with --auth token|jwt, let owners' shells share one account (insecure)",
 )
 @click.option(
     "--metrics-auth/--no-metrics-auth",

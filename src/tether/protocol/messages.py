@@ -136,6 +136,14 @@ class MessageError:
 ClientMessage = Resize | Ping | Input | MessageError
 
 
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_client_message(text: str) -> ClientMessage:
     """Parse one client text frame (docs/protocol.md, section 4).
 
@@ -156,8 +164,9 @@ def parse_client_message(text: str) -> ClientMessage:
         return Ping(t)
     if kind == "input":
         data = message.get("data")
-        if not isinstance(data, str):
-            return MessageError("bad_field", "input.data must be a string")
+        # JSON's \ud800 escapes can name lone surrogates, which no UTF-8 can carry to the PTY.
+        if not isinstance(data, str) or not _is_utf8_encodable(data):
+            return MessageError("bad_field", "input.data must be a string of Unicode text")
         return Input(data)
     if not isinstance(kind, str):
         return MessageError("bad_field", "type must be a string")

@@ -1,11 +1,14 @@
-"""Authentication: who presents a request, in one of three modes.
+"""Authentication: who presents a request, in one of four modes.
 
+* ``local`` (the default) — one generated token, kept per port in a file only the server's
+  account can read (:mod:`tether.server.localtoken`); who presents it is the ``anonymous``
+  operator, as with ``none``;
 * ``none`` — nobody is asked anything; everyone is the local ``anonymous`` owner, an operator
   (single-user mode, allowed only on a loopback bind unless explicitly overridden);
 * ``token`` — static bearer tokens from a TOML file, each mapped to an owner, its projects and
-  an operator flag; the token itself may live in the file, in an environment variable named by
-  the file, or only as its SHA-256;
-* ``jwt`` — HS256 (secret from an environment variable) or RS256 (PEM public key) tokens with
+  an operator flag and the owner's Unix account; the token itself may live in the file, in an
+  environment variable named by the file, or only as its SHA-256;
+* ``jwt`` — HS256 (secret from a file or an environment variable) or RS256 (PEM public key) with
   ``sub``, ``projects``, ``exp`` and an optional ``aud``, verified by PyJWT with a clock-skew
   leeway; a ``tether_operator: true`` claim grants the operator role.
 
@@ -21,10 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,6 +40,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tether.errors import ConfigError
 from tether.protocol.ids import is_valid_project_id
+from tether.server import localtoken
+from tether.server.accounts import AccountPolicy, policy_from_settings
+from tether.server.files import check_private
 from tether.server.identity import ANONYMOUS, Identity
 
 if TYPE_CHECKING:
@@ -88,6 +96,22 @@ class NoAuth:
 
     def authenticate(self, credential: str | None) -> Identity | None:
         return ANONYMOUS
+
+
+# ----------------------------------------------------------------------------- local
+class LocalAuth:
+    """One generated token; who presents it is the local anonymous operator, as with ``none``."""
+
+    enabled = False  # one owner: the limits per owner do not apply, as with none
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self._digest = _digest(token)
+
+    def authenticate(self, credential: str | None) -> Identity | None:
+        if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
+            return None
+        return ANONYMOUS if hmac.compare_digest(_digest(credential), self._digest) else None
 
 
 # ----------------------------------------------------------------------------- token
@@ -162,7 +186,7 @@ def _token_entry(
     where = f"tokens[{index}]"
     if not isinstance(item, dict):
         raise ConfigError("tokens-file", f"{where}: must be a table")
-    extra = set(item) - {"token", "token_env", "sha256", "owner", "projects", "operator"}
+    extra = set(item) - {"token", "token_env", "sha256", "owner", "projects", "operator", "account"}
     if extra:
         raise ConfigError("tokens-file", f"{where}: unknown key {sorted(extra)[0]!r}")
     owner = item.get("owner")
@@ -172,7 +196,10 @@ def _token_entry(
     if not isinstance(operator, bool):
         raise ConfigError("tokens-file", f"{where}: operator must be true or false")
     projects = _project_set(item.get("projects", []), where, known)
-    identity = Identity(owner=owner, projects=projects, operator=operator)
+    account = item.get("account")
+    if account is not None and (not isinstance(account, str) or not account):
+        raise ConfigError("tokens-file", f"{where}: account must be a user name")
+    identity = Identity(owner=owner, projects=projects, operator=operator, account=account)
     return TokenEntry(_token_digest(item, where, environ), identity)
 
 
@@ -198,17 +225,52 @@ def load_tokens(
 
 # ----------------------------------------------------------------------------- jwt
 class JwtAuth:
-    """Signed tokens: one pinned algorithm (never the one a token's header asks for)."""
+    """Signed tokens: one pinned algorithm (never the one a token's header asks for); ``iss``
+    checked when an issuer is configured; ``exp`` a number at most ``max_lifetime`` ahead (a
+    leaked token must not work for years); a ``jti`` on the deny list refused."""
 
     enabled = True
 
+    @property
+    def _required(self) -> list[str]:
+        return ["exp", "sub", "iss"] if self._issuer is not None else ["exp", "sub"]
+
+    def _acceptable(self, claims: Mapping[str, Any]) -> bool:
+        """The checks PyJWT does not make: ``exp`` a real number (PyJWT takes ``"123"``) not
+        too far ahead, and ``jti`` not revoked."""
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+            return False
+        horizon = self._wall_clock() + self._leeway
+        if self._max_lifetime is not None and exp > horizon + self._max_lifetime:
+            return False
+        jti = claims.get("jti")
+        return not (isinstance(jti, str) and jti in self._denied_ids)
+
     def __init__(
-        self, key: Any, algorithm: str, audience: str | None = None, leeway: float = 30.0
+        self,
+        key: Any,
+        algorithm: str,
+        audience: str | None = None,
+        leeway: float = 30.0,
+        *,
+        accounts: AccountPolicy | None = None,
+        account_claim: str | None = None,
+        issuer: str | None = None,
+        max_lifetime: float | None = None,
+        denied_ids: frozenset[str] = frozenset(),
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._key = key
         self._algorithm = algorithm
         self._audience = audience
         self._leeway = leeway
+        self._issuer = issuer
+        self._max_lifetime = max_lifetime
+        self._denied_ids = denied_ids
+        self._wall_clock = wall_clock
+        self._accounts = accounts
+        self._account_claim = account_claim
 
     def authenticate(self, credential: str | None) -> Identity | None:
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
@@ -219,12 +281,21 @@ class JwtAuth:
                 self._key,
                 algorithms=[self._algorithm],
                 audience=self._audience,
+                issuer=self._issuer,
                 leeway=self._leeway,
-                options={"require": ["exp", "sub"], "enforce_minimum_key_length": True},
+                options={"require": self._required, "enforce_minimum_key_length": True},
             )
         except (jwt.PyJWTError, ValueError, TypeError):
             return None
-        return identity_from_claims(claims)
+        if not self._acceptable(claims):
+            return None
+        identity = identity_from_claims(claims)
+        if identity is None or self._accounts is None:
+            return identity
+        named = claims.get(self._account_claim) if self._account_claim else None
+        if named is not None and (not isinstance(named, str) or not named):
+            return None
+        return self._accounts.assign(identity, named)
 
 
 def identity_from_claims(claims: Mapping[str, Any]) -> Identity | None:
@@ -257,6 +328,19 @@ def _hmac_secret(name: str, environ: Mapping[str, str]) -> bytes:
     return secret
 
 
+def _hmac_secret_file(path: Path) -> bytes:
+    check_private(path, "jwt-secret-file")
+    try:
+        secret = path.read_bytes().rstrip(b"\r\n")
+    except OSError as exc:
+        raise ConfigError("jwt-secret-file", f"cannot read {path}: {exc.strerror}") from None
+    if len(secret) < MIN_HMAC_SECRET_BYTES:
+        raise ConfigError(
+            "jwt-secret-file", f"{path} must hold at least {MIN_HMAC_SECRET_BYTES} bytes"
+        )
+    return secret
+
+
 def _rsa_public_key(path: Path) -> rsa.RSAPublicKey:
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
@@ -275,14 +359,60 @@ def _rsa_public_key(path: Path) -> rsa.RSAPublicKey:
 def from_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> Authenticator:
     """The authenticator ``settings`` ask for, with its files and keys loaded (ConfigError)."""
     source = os.environ if environ is None else environ
+    if settings.auth == "local":
+        return LocalAuth(localtoken.obtain(settings.port, source))
+    if settings.auth == "none":
+        return NoAuth()
+    accounts = policy_from_settings(settings)
     if settings.auth == "token":
         assert settings.tokens_file is not None  # checked by build_settings
+        check_private(settings.tokens_file, "tokens-file")
         known = frozenset(settings.project_ids)
-        return TokenAuth(load_tokens(settings.tokens_file, known, source))
-    if settings.auth == "jwt":
-        audience, leeway = settings.jwt_audience, settings.jwt_leeway
-        if settings.jwt_public_key is not None:
-            return JwtAuth(_rsa_public_key(settings.jwt_public_key), "RS256", audience, leeway)
-        assert settings.jwt_secret_env is not None  # checked by build_settings
-        return JwtAuth(_hmac_secret(settings.jwt_secret_env, source), "HS256", audience, leeway)
-    return NoAuth()
+        entries = load_tokens(settings.tokens_file, known, source)
+        owners = ((e.identity.owner, e.identity.account) for e in entries)
+        accounts.check_owners(owners, "tokens-file")
+        return TokenAuth([_with_account(entry, accounts) for entry in entries])
+    return JwtAuth(
+        _jwt_key(settings, source),
+        "RS256" if settings.jwt_public_key is not None else "HS256",
+        settings.jwt_audience,
+        settings.jwt_leeway,
+        accounts=accounts,
+        account_claim=settings.jwt_account_claim,
+        issuer=settings.jwt_issuer,
+        max_lifetime=settings.jwt_max_lifetime,
+        denied_ids=_deny_list(settings),
+    )
+
+
+def _deny_list(settings: Settings) -> frozenset[str]:
+    if settings.jwt_deny_list is None:
+        return frozenset()
+    return load_deny_list(settings.jwt_deny_list)
+
+
+def load_deny_list(path: Path) -> frozenset[str]:
+    """Revoked token ids (``jti``), one a line; blank lines and ``#`` comments are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("jwt-deny-list", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("jwt-deny-list", f"{path} is not UTF-8 text") from None
+    lines = (line.strip() for line in text.splitlines())
+    return frozenset(line for line in lines if line and not line.startswith("#"))
+
+
+def _with_account(entry: TokenEntry, accounts: AccountPolicy) -> TokenEntry:
+    identity = accounts.assign(entry.identity, entry.identity.account)
+    assert identity is not None  # check_owners refused the entries without one
+    return TokenEntry(entry.digest, identity)
+
+
+def _jwt_key(settings: Settings, environ: Mapping[str, str]) -> Any:
+    if settings.jwt_public_key is not None:
+        return _rsa_public_key(settings.jwt_public_key)
+    if settings.jwt_secret_file is not None:
+        return _hmac_secret_file(settings.jwt_secret_file)
+    assert settings.jwt_secret_env is not None  # checked by build_settings
+    return _hmac_secret(settings.jwt_secret_env, environ)

@@ -30,6 +30,7 @@ from tether.server.shellenv import run_as
 ENV_PREFIX = "TETHER_"
 MiB = 1024 * 1024
 DEFAULT_LOG_FILE = "logs/terminal-websocket.log"
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 
 
 class Project(BaseModel):
@@ -70,13 +71,22 @@ class Settings(BaseModel):
     allowed_origins: tuple[str, ...] = ()
     drain_grace: float = Field(5.0, ge=0)
     # Security (docs/security.md): who may connect, over what, and what they may reach.
-    auth: Literal["none", "token", "jwt"] = "none"
+    # local: a generated token kept per port in the user's runtime directory (docs/security.md)
+    auth: Literal["local", "none", "token", "jwt"] = "local"
     insecure_no_auth: bool = False
     tokens_file: Path | None = None
     jwt_secret_env: str | None = None
+    jwt_secret_file: Path | None = None
     jwt_public_key: Path | None = None
     jwt_audience: str | None = None
     jwt_leeway: float = Field(30.0, ge=0, le=3600)
+    jwt_issuer: str | None = None  # when set, a token's iss must be it
+    jwt_max_lifetime: float = Field(86400.0, gt=0)  # exp at most this far ahead
+    jwt_deny_list: Path | None = None  # revoked jti values, one a line (reloaded on SIGHUP)
+    max_login_failures: int = Field(10, ge=1)  # per address and minute, then 4129 / HTTP 429
+    # Slowloris: request headers (a WebSocket's upgrade) within this; pending ones per address.
+    handshake_timeout: float = Field(10.0, gt=0, le=3600)
+    max_pending_per_address: int = Field(32, ge=1)
     max_sessions_per_owner: int = Field(50, ge=1)
     metrics_auth: bool = True
     healthz_auth: bool = False
@@ -84,6 +94,20 @@ class Settings(BaseModel):
     certfile: Path | None = None
     keyfile: Path | None = None
     shell_user: str | None = None
+    # Owners' own accounts (docs/security.md): claim naming it, or an owner = account TOML file.
+    jwt_account_claim: str | None = None
+    user_map: Path | None = None
+    allow_same_user_shells: bool = False
+    # Cluster (docs/scaling.md): several nodes share one Redis; any node serves any session.
+    redis_url: str | None = None
+    node_id: str | None = None  # default: host name and port
+    advertise_url: str | None = None  # how peers reach this node; default from host and port
+    cluster_secret_env: str | None = None  # variable holding the node-to-node secret
+    cluster_prefix: str = "tether:"
+    cluster_lease: float = Field(5.0, gt=0, le=60)
+    cluster_renew_every: float = Field(1.0, gt=0)
+    cluster_timeout: float = Field(1.0, gt=0)
+    cluster_record_interval: float = Field(5.0, gt=0)  # record mirror in cluster mode
 
     @field_validator("log_level")
     @classmethod
@@ -145,7 +169,15 @@ _ENV_ALIASES = {
     "trusted_proxy": "trusted_proxies",
     "allowed_host": "allowed_hosts",
 }
-_PATH_SETTINGS = ("tokens_file", "jwt_public_key", "certfile", "keyfile")
+_PATH_SETTINGS = (
+    "tokens_file",
+    "jwt_public_key",
+    "jwt_secret_file",
+    "user_map",
+    "jwt_deny_list",
+    "certfile",
+    "keyfile",
+)
 
 
 def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -206,22 +238,68 @@ def _expand(setting: str, path: str, base: Path) -> Path:
 def check_security(settings: Settings) -> Settings:
     """The rules that tie security settings together (docs/security.md); ConfigError if broken."""
     exposed = not is_loopback_host(settings.host)
-    if settings.auth == "none" and exposed and not settings.insecure_no_auth:
+    # The local token (the default) is for this machine: a network bind needs a chosen mode.
+    if settings.auth in ("none", "local") and exposed and not settings.insecure_no_auth:
         raise ConfigError(
             "auth",
             f"refusing to serve {settings.host} without authentication: "
             "use --auth token|jwt, or --insecure-no-auth",
         )
+    # Without auth and without a Host check, a DNS-rebinding page would get a shell.
+    if settings.auth == "none" and exposed and not settings.allowed_hosts:
+        raise ConfigError(
+            "allowed-host",
+            f"--insecure-no-auth on {settings.host} needs --allowed-host (the names served)",
+        )
     if settings.auth == "token" and settings.tokens_file is None:
         raise ConfigError("tokens-file", "required with --auth token")
-    if settings.auth == "jwt" and (settings.jwt_secret_env is None) == (
-        settings.jwt_public_key is None
-    ):
-        raise ConfigError("auth", "--auth jwt needs one of --jwt-secret-env, --jwt-public-key")
+    jwt_keys = (settings.jwt_secret_env, settings.jwt_secret_file, settings.jwt_public_key)
+    if settings.auth == "jwt" and sum(key is not None for key in jwt_keys) != 1:
+        raise ConfigError(
+            "auth", "--auth jwt needs one of --jwt-secret-file, --jwt-secret-env, --jwt-public-key"
+        )
+    _check_shell_accounts(settings)
+    # --auth local is a credential of one machine's account: a cluster needs a configured one.
+    _check_cluster(settings)
     if settings.keyfile is not None and settings.certfile is None:
         raise ConfigError("keyfile", "needs --certfile")
     _check_lists(settings)
     return settings
+
+
+def _check_cluster(settings: Settings) -> None:
+    if settings.redis_url is None:
+        return
+    if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis-url", "expected redis://HOST:PORT/DB")
+    if settings.auth == "local":
+        raise ConfigError(
+            "auth", "--redis-url needs a configured credential: --auth token|jwt (or none)"
+        )
+    if settings.auth != "none" and not settings.cluster_secret_env:
+        raise ConfigError("cluster-secret-env", "required with --redis-url when auth is on")
+    if settings.advertise_url is None and settings.host in WILDCARD_HOSTS:
+        raise ConfigError("advertise-url", f"required with --redis-url on {settings.host or '*'}")
+    if settings.advertise_url is not None and not is_valid_origin(settings.advertise_url):
+        raise ConfigError("advertise-url", "expected http(s)://HOST:PORT")
+    if not 0 < settings.cluster_renew_every <= settings.cluster_lease / 2:
+        raise ConfigError("cluster-renew-every", "must be at most half the lease")
+    if not settings.cluster_timeout < settings.cluster_lease:
+        raise ConfigError("cluster-timeout", "must be shorter than the lease")
+
+
+def _check_shell_accounts(settings: Settings) -> None:
+    # Where several owners log in, shells sharing one account could read the server's files and
+    # write into each other's terminals: each owner needs an account of their own. Whether every
+    # token names one is known when the tokens file is read (tether.server.auth).
+    if settings.auth not in ("token", "jwt") or settings.allow_same_user_shells:
+        return
+    if settings.auth == "jwt" and not (settings.jwt_account_claim or settings.user_map):
+        raise ConfigError(
+            "auth",
+            "--auth jwt runs each owner's shells as their own account: give "
+            "--jwt-account-claim or --user-map (or --allow-same-user-shells, insecure)",
+        )
 
 
 def _check_lists(settings: Settings) -> None:

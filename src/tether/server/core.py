@@ -15,19 +15,24 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from tether._version import __version__
-from tether.errors import Refusal
+from tether.errors import ConfigError, Refusal
 from tether.protocol.codes import CloseCode
 from tether.protocol.messages import check_subprotocols
+from tether.protocol.storm import StormDetector
 from tether.server import auth, hostcheck, logs
 from tether.server.clock import Clock, SystemClock
+from tether.server.cluster.node import LOCAL, ClusterNode, Placement
 from tether.server.config import Settings
 from tether.server.front import Front, Upgrade
 from tether.server.identity import Identity
 from tether.server.manager import Connection, ConnectRequest, SessionManager
 from tether.server.metrics import Metrics, close_code_label
+from tether.server.pending import PendingConnections
 from tether.server.pty import process_rss_bytes
 from tether.server.session import SessionState
 from tether.server.store import SessionStore
+
+LOGIN_FAILURE_WINDOW = 60.0  # seconds: max_login_failures per address within it
 
 
 class Server:
@@ -51,6 +56,10 @@ class Server:
     ) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
+        # With --redis-url: this node's membership; the store is then the shared Redis one.
+        self.cluster = ClusterNode.from_settings(settings, self.clock) if settings.redis_url else None
+        if self.cluster is not None and store is None:
+            store = self.cluster.store
         self.manager = SessionManager(
             settings,
             store=store,
@@ -58,6 +67,9 @@ class Server:
             wall_clock=self.clock.time,
             listener=self._on_event,
         )
+        if self.cluster is not None:
+            self.cluster.bind(lambda: self.manager.sessions, self.manager.fence)
+            self.manager.record_interval = settings.cluster_record_interval
         self.metrics = Metrics(self.snapshot, self.clock)
         self.metrics.info.labels(__version__).set(1)
         self.connections: set[Front] = set()
@@ -69,19 +81,77 @@ class Server:
         )
         self.host_policy = hostcheck.HostPolicy.for_bind(settings.host, settings.allowed_hosts)
         self._trusted_proxies = hostcheck.parse_networks(settings.trusted_proxies)
+        # The schemes a browser reaches us by: ours, or both behind a TLS-terminating proxy.
+        self._own_schemes: tuple[str, ...] = (
+            ("https",) if settings.certfile is not None else ("http",)
+        ) + (("https",) if settings.trusted_proxies and settings.certfile is None else ())
         self._drain_task: asyncio.Task[None] | None = None
+        self.pending = PendingConnections(settings.max_pending_per_address, self._is_pending_exempt)
+        # Failed logins per address: a few a minute, then a doubling pause (up to 5 minutes).
+        self._login_failures = StormDetector(
+            settings.max_login_failures, LOGIN_FAILURE_WINDOW, max_delay=300, forget_after=600
+        )
 
     # ------------------------------------------------------------------ any request
     def identify(
-        self, headers: Mapping[str, str], cookies: Mapping[str, str], query: Mapping[str, str]
+        self,
+        headers: Mapping[str, str],
+        cookies: Mapping[str, str],
+        query: Mapping[str, str],
+        address: str | None = None,
     ) -> Identity | None:
-        """The principal behind a request; None when its credential is missing or invalid."""
-        return self.authenticator.authenticate(auth.credential_from(headers, cookies, query))
+        """The principal behind a request; None when its credential is missing or invalid.
+
+        A credential presented and refused counts as a failed login of ``address``.
+        """
+        credential = auth.credential_from(headers, cookies, query)
+        identity = self.authenticator.authenticate(credential)
+        failed = identity is None and credential is not None
+        if failed and address is not None and self._login_limited(address):
+            self._login_failures.record(address, self.clock.monotonic())
+        return identity
+
+    def login_retry_after(self, address: str) -> int | None:
+        """Seconds ``address`` must wait after too many failed logins; None: it may try."""
+        if not self._login_limited(address):
+            return None
+        decision = self._login_failures.check(address, self.clock.monotonic())
+        if decision.tripped:
+            logs.log_at(
+                logging.WARNING, "login_failures", addr=address, retry_after=decision.retry_after
+            )
+        return None if decision.allowed else decision.retry_after
+
+    def _is_pending_exempt(self, peer: str) -> bool:
+        """Loopback (as for the storm rule) and trusted proxies may hold any number of
+        connections that have not sent their headers yet."""
+        if self.settings.storm_exempt_loopback and hostcheck.is_loopback_host(peer):
+            return True
+        return hostcheck.is_in_networks(peer, self._trusted_proxies)
+
+    def _login_limited(self, address: str) -> bool:
+        exempt = self.settings.storm_exempt_loopback and hostcheck.is_loopback_host(address)
+        return self.authenticator.enabled and not exempt
+
+    def reload(self) -> bool:
+        """Re-read the tokens file, keys and deny list (SIGHUP); sessions are not touched.
+
+        On an error the credentials in force stay, and the error is logged: False.
+        """
+        try:
+            self.authenticator = auth.from_settings(self.settings)
+        except ConfigError as error:
+            logs.log_at(logging.ERROR, "reload", ok=False, reason=str(error))
+            return False
+        self.log("reload", ok=True)
+        return True
 
     def origin_allowed(self, headers: Mapping[str, str]) -> bool:
         """Non-browser clients send no Origin; a browser's must be ours or configured."""
         allowed = self.settings.allowed_origins
-        return hostcheck.origin_allowed(headers.get("Origin"), headers.get("Host"), allowed)
+        return hostcheck.origin_allowed(
+            headers.get("Origin"), headers.get("Host"), allowed, self._own_schemes
+        )
 
     def host_allowed(self, headers: Mapping[str, str]) -> bool:
         """The Host header names us (DNS rebinding defence, see :mod:`tether.server.hostcheck`)."""
@@ -106,11 +176,37 @@ class Server:
         finally:
             self.connections.discard(front)
 
+    async def place(self, address: str, upgrade: Upgrade, *, relayed: bool) -> Placement:
+        """Where a ``/ws/terminal`` attempt is served: here, unless this node is one of a
+        cluster and another node owns the key (:mod:`tether.server.cluster.node`)."""
+        if self.cluster is None:
+            return LOCAL
+        credential = auth.credential_from(upgrade.headers, upgrade.cookies, upgrade.query)
+        identity = self.authenticator.authenticate(credential)
+        limit = self.owner_limit
+        return await self.cluster.place_query(
+            upgrade.query, identity, relayed=relayed, owner_limit=limit
+        )
+
+    async def join_cluster(self, url: str, port: int) -> None:
+        """Once listening (``url``, ``port``: where, as bound): register with the cluster."""
+        if self.cluster is not None:
+            await self.cluster.join(url, port)
+
+    def is_relay(self, headers: Mapping[str, str], peer: str) -> bool:
+        """A request a peer node forwarded (its client's address is then believed)."""
+        return self.cluster is not None and self.cluster.is_relay(headers, peer)
+
     def admit(self, front: Front, upgrade: Upgrade) -> Connection:
         """Create or attach a session for a ``/ws/terminal`` attempt, before the upgrade.
 
         Raises :class:`Refusal` (already counted and logged): the front closes with its code.
         """
+        retry_after = self.login_retry_after(front.address)
+        if retry_after is not None:
+            refusal = Refusal(CloseCode.STORM, f"retry-after={retry_after}")
+            self.on_refused(refusal, front.address)
+            raise refusal
         try:
             check_subprotocols(list(upgrade.subprotocols))
         except Refusal as refusal:
@@ -120,7 +216,7 @@ class Server:
         request = ConnectRequest(
             query=upgrade.query,
             address=front.address,
-            identity=self.identify(upgrade.headers, upgrade.cookies, upgrade.query),
+            identity=self.identify(upgrade.headers, upgrade.cookies, upgrade.query, front.address),
             origin_ok=self.origin_allowed(upgrade.headers),
             subprotocol_error=subprotocol_error,
             owner_limit=self.owner_limit,
@@ -129,7 +225,13 @@ class Server:
             return self.manager.connect(request, front)
         except Refusal as refusal:
             self.on_refused(refusal, front.address)
+            if refusal.code == CloseCode.INTERNAL_ERROR:
+                # The log has the cause; the client must not learn the server's paths.
+                raise Refusal(refusal.code, "cannot start shell") from None
             raise
+        finally:
+            if self.cluster is not None:
+                self.cluster.settle()  # a claim made for a session not created is released
 
     def on_refused(self, refusal: Refusal, address: str) -> None:
         self.metrics.connection_attempts.inc()
@@ -221,6 +323,8 @@ class Server:
         if event == "storm":
             self._on_storm(fields)
             return
+        if event in {"exit", "reap", "kill", "fence"} and self.cluster is not None:
+            self.cluster.session_ended(str(fields.get("key")))
         if event in {"exit", "reap", "kill"}:
             self.metrics.sessions_ended.labels(event).inc()
             self.metrics.activity.forget_session(str(fields.get("key")))
@@ -308,8 +412,12 @@ class Server:
             "detached_oldest_seconds": max(detached, default=0.0),
             "idle_timeout_seconds": self.settings.idle_timeout,
             "max_sessions": self.settings.max_sessions,
-            "ready": manager.accepting,
+            "ready": self.is_ready(),
         }
+
+    def is_ready(self) -> bool:
+        """Accepting new sessions, and (in a cluster) holding a current lease."""
+        return self.manager.accepting and (self.cluster is None or self.cluster.is_ready())
 
     def process_facts(self) -> dict[str, Any]:
         """This server process: pid, RSS, CPU (seconds, and percent since the last call)."""
@@ -376,3 +484,5 @@ class Server:
             self._drain_task.cancel()
         self.begin_drain()
         await self.manager.shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()

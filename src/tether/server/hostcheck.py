@@ -103,8 +103,15 @@ def is_valid_origin(origin: str) -> bool:
     return _ORIGIN_RE.fullmatch(origin.strip()) is not None
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
-    """No Origin (not a browser) passes; else it must be configured or our own (``host``)."""
+def origin_allowed(
+    origin: str | None,
+    host: str | None,
+    allowed: Iterable[str],
+    schemes: Iterable[str] = ("http", "https"),
+) -> bool:
+    """No Origin (not a browser) passes; else it must be configured or our own: one of
+    ``schemes`` (the ones we are reached by: ``https`` only over TLS, ``http`` only in plain,
+    both behind a TLS-terminating proxy) with ``host``."""
     if origin is None:
         return True
     origin = origin.strip().lower().rstrip("/")
@@ -113,7 +120,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str])
     if not host:
         return False
     host = host.strip().lower()
-    return origin in (f"http://{host}", f"https://{host}")
+    return origin in (f"{scheme}://{host}" for scheme in schemes)
 
 
 def parse_networks(specs: Iterable[str]) -> tuple[Network, ...]:
@@ -121,7 +128,8 @@ def parse_networks(specs: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(spec.strip(), strict=False) for spec in specs)
 
 
-def _in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+def is_in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+    """True when ``address`` (an IP, mapped forms included) is in one of ``networks``."""
     parsed = _ip(address.strip().strip("[]"))
     if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
         parsed = parsed.ipv4_mapped
@@ -133,13 +141,13 @@ def forwarded_client(peer: str, forwarded_for: str | None, trusted: tuple[Networ
     ``X-Forwarded-For`` when the peer is a trusted proxy. A malformed hop ends the walk at the
     last trusted one (which is then taken as the client).
     """
-    if not trusted or not forwarded_for or not _in_networks(peer, trusted):
+    if not trusted or not forwarded_for or not is_in_networks(peer, trusted):
         return peer
     client = peer
     for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
         if _ip(hop.strip("[]")) is None:
             break
         client = hop.strip("[]")
-        if not _in_networks(client, trusted):
+        if not is_in_networks(client, trusted):
             break
     return client

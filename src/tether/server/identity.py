@@ -12,6 +12,9 @@ class Identity:
     owner: str
     projects: frozenset[str] | None = None  # None: every configured project
     operator: bool = False
+    # The Unix account this owner's shells run as (docs/security.md, "Shells as their owners'
+    # accounts"); None: the server's shell account (single-user modes, --allow-same-user-shells).
+    account: str | None = None
 
     def may_use(self, project: str) -> bool:
         return self.projects is None or project in self.projects

@@ -12,6 +12,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,25 @@ class JsonLineFormatter(logging.Formatter):
         return json.dumps(line, default=str, separators=(",", ":"))
 
 
+_PLAIN_VALUE = re.compile(r"[!#-<>-~]*")  # printable ASCII but space, '"' and '='
+
+
+def _human_value(value: Any) -> str:
+    """A field's value as one token: quoted and escaped (JSON string rules) unless plain, so
+    that a value from a client (a JWT ``sub``) cannot add fields or control the terminal."""
+    text = str(value)
+    return text if _PLAIN_VALUE.fullmatch(text) else json.dumps(text)
+
+
 class HumanFormatter(logging.Formatter):
     """``time level event key=value …`` for people reading stderr."""
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, "fields", {})
         pairs = " ".join(
-            f"{k}={v}" for k, v in fields.items() if v is not None and k not in _SECRET_FIELDS
+            f"{k}={_human_value(v)}"
+            for k, v in fields.items()
+            if v is not None and k not in _SECRET_FIELDS
         )
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         return f"{stamp} {record.levelname.lower():7} {record.getMessage()} {pairs}".rstrip()

@@ -19,18 +19,19 @@ carry wall-clock times; :meth:`SessionManager.flush_store` waits until the store
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tether.errors import Refusal, SpawnError
+from tether.errors import ConfigError, Refusal, SpawnError
 from tether.protocol.codes import CloseCode
 from tether.protocol.ids import composite_key, new_session_id, resolve_session_id
 from tether.protocol.messages import ConnectParams, creation_size, parse_connect_params
 from tether.protocol.storm import StartFailureBreaker, StormDetector
-from tether.server import pty
+from tether.server import hostcheck, pty
 from tether.server.config import Settings
 from tether.server.identity import Identity
 from tether.server.session import (
@@ -41,7 +42,7 @@ from tether.server.session import (
     SessionInfo,
     SessionState,
 )
-from tether.server.shellenv import shell_environment
+from tether.server.shellenv import shell_environment, shell_for, switched_uid
 from tether.server.store import (
     MemoryStore,
     SessionRecord,
@@ -53,11 +54,10 @@ from tether.server.store import (
 
 EventListener = Callable[..., None]
 RECORD_INTERVAL = 1.0  # seconds between sweeps for session changes the manager does not see
-LOOPBACK_PREFIXES = ("127.", "::1", "::ffff:127.")
-
-
+@functools.lru_cache(maxsize=4096)
 def is_loopback(address: str) -> bool:
-    return address.startswith(LOOPBACK_PREFIXES) or address == "localhost"
+    """Exactly a loopback address (``::1abc`` is not); cached: it is asked on every connect."""
+    return hostcheck.is_loopback_host(address)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,9 @@ class SessionManager:
         self.start_failures = StartFailureBreaker()
         self.accepting = True
         self._ending: set[Session] = set()
-        self._environments: dict[tuple[str, str], dict[str, str]] = {}
+        self._environments: dict[
+            tuple[str, str | None, str], tuple[tuple[str, ...], Mapping[str, str]]
+        ] = {}
         self._trim_handle: asyncio.TimerHandle | None = None
         self._clock = clock
         self._wall = wall_clock
@@ -224,9 +226,11 @@ class SessionManager:
         project = self.settings.project(params.project)
         assert project is not None
         cols, rows = creation_size(params)
-        env = self._shell_environment(identity.owner, params.project)
         try:
-            process = pty.spawn(self.settings.shell, str(project.directory), env, cols, rows)
+            argv, env = self._shell_command(identity, params.project)
+            directory = str(project.directory)
+            owner_uid = switched_uid(argv)
+            process = pty.spawn(argv, directory, env, cols, rows, terminal_owner=owner_uid)
         except SpawnError as exc:
             self.start_failures.record_failure(params.project, now)
             self._emit("error", key=key, project=params.project, reason=str(exc))
@@ -263,14 +267,32 @@ class SessionManager:
         )
         return Connection(session, result, created=True)
 
-    def _shell_environment(self, owner: str, project: str) -> Mapping[str, str]:
-        # Built once per owner and project (it reads the account database); spawn copies it.
-        env = self._environments.get((owner, project))
-        if env is None:
-            env = shell_environment(self.settings.shell, owner, project)
+    def adopt(self, session: Session) -> None:
+        """Take over a live session from a previous server process (an upgrade or a crash:
+        :mod:`tether.server.survival`); it is detached until its clients come back."""
+        key = session.info.key
+        session.set_exit_handler(self._on_exit)
+        self.sessions[key] = session
+        self.writer.put_record(key)
+        self._watch_records()
+        self._emit("adopt", key=key, session=session.info.session_id, pid=session.info.pid)
+
+    def _shell_command(
+        self, identity: Identity, project: str
+    ) -> tuple[tuple[str, ...], Mapping[str, str]]:
+        # The shell runs as the owner's account where they have one (docs/security.md). Built
+        # once per owner, account and project (it reads the account database); spawn copies it.
+        cache_key = (identity.owner, identity.account, project)
+        found = self._environments.get(cache_key)
+        if found is None:
+            try:
+                argv = shell_for(self.settings.shell, identity.account)
+            except ConfigError as exc:  # the account went away since start
+                raise SpawnError(f"cannot run as the owner's account: {exc}") from None
+            found = (argv, shell_environment(argv, identity.owner, project))
             if len(self._environments) < 1024:
-                self._environments[(owner, project)] = env
-        return env
+                self._environments[cache_key] = found
+        return found
 
     # ------------------------------------------------------------------ store mirror
     def _snapshot(self, key: str) -> SessionRecord | None:
@@ -324,17 +346,20 @@ class SessionManager:
         self, session: Session, reason: EndReason, status: tuple[Any, Any] = (None, None)
     ) -> None:
         key = session.info.key
+        mirrored = reason is not EndReason.FENCED  # a fenced key's store entries are not ours
         if self.sessions.get(key) is session:
             del self.sessions[key]
             self._written.pop(key, None)
-            self.writer.remove_record(key)
+            if mirrored:
+                self.writer.remove_record(key)
         if reason is not EndReason.SHUTDOWN:
             owner, ttl = session.info.owner, self.settings.tombstone_ttl
             now, wall = self._clock(), self._wall()
             self.tombstones.put(Tombstone(key, owner, reason.code, reason.reason, now, now + ttl))
-            self.writer.put_tombstone(
-                Tombstone(key, owner, reason.code, reason.reason, wall, wall + ttl)
-            )
+            if mirrored:
+                self.writer.put_tombstone(
+                    Tombstone(key, owner, reason.code, reason.reason, wall, wall + ttl)
+                )
         session.end(reason, self.settings.kill_grace, status)
         # Remember it until its processes are gone, so that shutdown can wait for them.
         self._ending.add(session)
@@ -371,6 +396,16 @@ class SessionManager:
             pid=session.info.pid,
         )
         self._end(session, EndReason.KILLED)
+        return True
+
+    def fence(self, key: str) -> bool:
+        """End a session whose key another cluster node took while this one was lost: its
+        clients get 4004 (``docs/scaling.md``); its tombstone stays local (the key is not ours)."""
+        session = self.sessions.get(key)
+        if session is None:
+            return False
+        self._emit("fence", key=key, session=session.info.session_id, pid=session.info.pid)
+        self._end(session, EndReason.FENCED)
         return True
 
     def clear(self, project: str | None = None, owner: str | None = None) -> list[str]:

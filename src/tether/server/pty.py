@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import grp
 import os
 import signal
 import struct
@@ -93,11 +94,24 @@ class PtyProcess:
 
 
 def spawn(
-    argv: Sequence[str], cwd: str, env: Mapping[str, str], cols: int, rows: int
+    argv: Sequence[str],
+    cwd: str,
+    env: Mapping[str, str],
+    cols: int,
+    rows: int,
+    *,
+    terminal_owner: int | None = None,
 ) -> PtyProcess:
-    """Start ``argv`` in a new session on a new PTY of ``cols``×``rows`` in directory ``cwd``."""
+    """Start ``argv`` in a new session on a new PTY of ``cols``×``rows`` in directory ``cwd``.
+
+    ``terminal_owner``: the uid the shell will run as, when not ours; the terminal device is
+    then given to it (group ``tty``, mode 620, as login does), so that its programs can reopen
+    their terminal by name and no other account can.
+    """
     master, slave = os.openpty()
     try:
+        if terminal_owner is not None:
+            _give_terminal(slave, terminal_owner)
         os.set_blocking(master, False)
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
         slave_path = os.ttyname(slave)
@@ -113,6 +127,31 @@ def spawn(
     except OSError:
         pidfd = -1
     return PtyProcess(pid=pid, fd=master, pidfd=pidfd)
+
+
+def adopt(pid: int, fd: int) -> PtyProcess:
+    """A shell another server process started, whose master ``fd`` was handed to us (an
+    upgrade's exec, or the file-descriptor store after a crash); it need not be our child."""
+    os.set_inheritable(fd, False)
+    os.set_blocking(fd, False)
+    _shells.add(pid)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # it is gone already: the session ends at once
+        pidfd = -1
+    return PtyProcess(pid=pid, fd=fd, pidfd=pidfd)
+
+
+def _give_terminal(slave: int, uid: int) -> None:
+    try:
+        tty_group = grp.getgrnam("tty").gr_gid
+    except KeyError:
+        tty_group = -1
+    # Without CAP_CHOWN (a non-root server) the terminal stays ours: no other account can open
+    # it by name either, only the shell's programs cannot reopen it so.
+    with contextlib.suppress(PermissionError):
+        os.fchown(slave, uid, tty_group)
+        os.fchmod(slave, 0o620)
 
 
 def _posix_spawn_in(argv: Sequence[str], cwd: str, env: Mapping[str, str], slave: str) -> int:
@@ -239,7 +278,9 @@ def signal_session(
     found = list(members) if members is not None else scan_all_processes(sid)
     for pid in found:
         for signum in signals:
-            with contextlib.suppress(ProcessLookupError):
+            # PermissionError: another account's process and no CAP_KILL (docs/operations.md);
+            # the hang-up of its terminal still reaches it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
     return found
 
@@ -268,6 +309,17 @@ def become_subreaper() -> bool:
     except (OSError, AttributeError):
         _subreaper = False
     return _subreaper
+
+
+def make_undumpable() -> bool:
+    """Forbid core dumps and same-account access to this process's memory and /proc entries
+    (``environ``, ``mem``, ``fd``): they become root's. Shells reset it when they exec."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_dumpable = 4
+        return bool(libc.prctl(pr_set_dumpable, 0, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
 
 
 def process_rss_bytes(pid: int) -> int:

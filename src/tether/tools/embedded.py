@@ -1,6 +1,11 @@
 """An embedded ``tether serve`` for the tools that need a server when given no URL
 (``tether check``, ``tether load``, ``tether stress``, the benchmarks): a subprocess on a free
-loopback port with a temporary HOME and project directory, stopped (and cleaned up) at the end."""
+loopback port with a temporary HOME and project directory, stopped (and cleaned up) at the end.
+
+It runs with ``--auth none`` (the default is a generated token the tools would have to find): it
+is ours alone for the run, on loopback, and its shells run ``bash`` in a throw-away directory.
+Extra arguments, such as ``--auth token``, override it. Another interpreter (an older tether, for
+side-by-side benchmarks) gets no ``--auth``: its default was ``none``."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class EmbeddedServer:
         self.extra_args = extra_args
         # Another interpreter (e.g. a venv with an older tether, for side-by-side benchmarks).
         self.python = python or sys.executable
+        self._auth = ("--auth", "none") if python is None else ()
         self.base_url = ""
         self.process: asyncio.subprocess.Process | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="tether-load-"))
@@ -51,6 +57,7 @@ class EmbeddedServer:
             "--project", f"default={project}",
             "--shell", SHELL,
             "--log-file", str(self.workdir / "server.log"),
+            *self._auth,
             *self.extra_args,
         ]  # fmt: skip
 

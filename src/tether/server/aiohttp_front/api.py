@@ -32,6 +32,25 @@ def session_entry(session: Session, now_monotonic: float, now_wall: float) -> di
     return entry
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cross_site_refusal(request: web.Request) -> web.Response | None:
+    """The WebSocket's origin rule on every state-changing request (CSRF).
+
+    A page on another site can send a ``text/plain`` POST without a preflight, and the browser
+    adds the cookie: a foreign or ``null`` Origin gets 403, and a body must be JSON (which a
+    cross-site page cannot send without a preflight). No Origin and no body (programs): as before.
+    """
+    if request.method in _SAFE_METHODS:
+        return None
+    if not server_of(request).origin_allowed(request.headers):
+        return json_error(403, "forbidden_origin", "origin not allowed")
+    if request.body_exists and request.content_type != "application/json":
+        return json_error(415, "unsupported_media_type", "a request body must be application/json")
+    return None
+
+
 def _require_operator(request: web.Request) -> web.Response | None:
     identity = identify(request)
     if identity is None:
@@ -161,7 +180,8 @@ def _thresholds(server: Server) -> dict[str, Any]:
 async def stats_breakers(request: web.Request) -> web.Response:
     """Every server-side breaker (per key, address, project) and the thresholds in force.
 
-    A non-operator sees the key breakers of its own sessions only, and no addresses.
+    A non-operator sees the key breakers of its own sessions only, the project breakers of the
+    projects it may use, and no addresses.
     """
     server = server_of(request)
     identity = identify(request)
@@ -185,6 +205,7 @@ async def stats_breakers(request: web.Request) -> web.Response:
             "opened_at": _wall_iso(b.opened_at, now_m, now_w),
         }
         for b in manager.start_failures.snapshot(now_m)
+        if identity.operator or identity.may_use(b.project)
     ]
     key_rows, address_rows = _storm_rows(keys, now_m, now_w), _storm_rows(addresses, now_m, now_w)
     groups = {"key": key_rows, "address": address_rows, "project": projects}

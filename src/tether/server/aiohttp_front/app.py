@@ -18,14 +18,17 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from tether.errors import ConfigError, Refusal
 from tether.protocol.codes import CloseCode
+from tether.protocol.localtoken import link as link_with_token
 from tether.protocol.messages import SUBPROTOCOL
-from tether.server import logs, pty
+from tether.server import auth, localtoken, logs, pty
 from tether.server.aiohttp_front import api
 from tether.server.aiohttp_front.context import SERVER_KEY, client_address, identify, server_of
+from tether.server.aiohttp_front.site import GuardedSite
 from tether.server.aiohttp_front.ws import handle_terminal
 from tether.server.clock import Clock
 from tether.server.config import Settings
 from tether.server.core import Server
+from tether.server.files import check_private
 from tether.server.hostcheck import is_loopback_host
 from tether.server.store import SessionStore
 
@@ -43,7 +46,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         code = exc.reason.lower().replace(" ", "_") if exc.reason else "error"
-        return api.json_error(exc.status, code, exc.reason or "error")
+        response = api.json_error(exc.status, code, exc.reason or "error")
+        if "Retry-After" in exc.headers:  # 429 after failed logins
+            response.headers["Retry-After"] = exc.headers["Retry-After"]
+        return response
     except Exception as exc:  # the one place unexpected errors become a 500
         server_of(request).log("error", path=request.path, reason=type(exc).__name__)
         return api.json_error(500, "internal_error", "internal server error")
@@ -53,6 +59,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Before any route: the Host header must name us; probes and metrics may need a credential."""
     server = server_of(request)
+    server.pending.settle(request.transport)  # a whole request: no longer a slowloris suspect
     if not server.host_allowed(request.headers):
         return await _refuse_host(server, request)
     settings = server.settings
@@ -62,7 +69,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     )
     if routed and gated and identify(request) is None:
         return api.json_error(401, "unauthorized", "missing or invalid credential")
-    return await handler(request)
+    refused = api.cross_site_refusal(request) if routed else None
+    return refused or await handler(request)
 
 
 async def _refuse_host(server: Server, request: web.Request) -> web.StreamResponse:
@@ -89,7 +97,12 @@ def create_app(
 ) -> web.Application:
     """A ready-to-run application for ``settings``; ``clock`` (the system's by default) is the
     one every part of the server reads and waits on."""
-    app = web.Application(middlewares=[json_errors, guard], client_max_size=1024 * 1024)
+    # keepalive_timeout runs from a connection's start until a whole request arrived (partial
+    # headers do not reset it), then between requests: the slowloris deadline (site.py).
+    handler_args = {"keepalive_timeout": settings.handshake_timeout}
+    app = web.Application(
+        middlewares=[json_errors, guard], client_max_size=1024 * 1024, handler_args=handler_args
+    )
     server = Server(settings, store, clock=clock)
     app[SERVER_KEY] = server
     app.router.add_get("/ws/terminal", handle_terminal)
@@ -149,6 +162,8 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The server's TLS context from ``--certfile``/``--keyfile`` (None: plain HTTP)."""
     if settings.certfile is None:
         return None
+    if settings.keyfile is not None:
+        check_private(settings.keyfile, "keyfile")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -159,11 +174,21 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(settings: Settings, *, ready: Callable[[str], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    ready: Callable[[str], None] | None = None,
+    show_link: Callable[[str], None] | None = None,
+) -> None:
     """Run until SIGTERM/SIGINT: clients get 1001, every shell is ended and reaped.
 
-    Raises ConfigError before listening when a tokens file, key or certificate is unusable.
+    ``ready`` gets the URL once listening; with ``--auth local``, ``show_link`` then gets the
+    page's address carrying the token. Raises ConfigError before listening when a tokens file,
+    key or certificate is unusable.
     """
+    # Before any secret is read: processes of our own account (shells, with
+    # --allow-same-user-shells) may not read our memory or /proc/<pid>/environ.
+    pty.make_undumpable()
     ssl_context = tls_context(settings)
     app = create_app(settings)
     handlers = logs.configure(
@@ -181,8 +206,13 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
-        site = web.TCPSite(
-            runner, settings.host, settings.port, reuse_address=True, ssl_context=ssl_context
+        site = GuardedSite(
+            runner,
+            settings.host,
+            settings.port,
+            reuse_address=True,
+            ssl_context=ssl_context,
+            pending=app[SERVER_KEY].pending,
         )
         await site.start()
         port = runner.addresses[0][1]
@@ -191,12 +221,17 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
         logs.log_event("listen", url=url, projects=settings.project_ids, auth=settings.auth)
         if settings.auth == "none" and not is_loopback_host(settings.host):
             logs.log_event("insecure", reason="no authentication on a non-loopback address")
+        if settings.allow_same_user_shells and settings.auth in ("token", "jwt"):
+            logs.log_event("insecure", reason="owners' shells share one account")
         if ready is not None:
             ready(url)
+        _publish_local_token(app[SERVER_KEY], url, port, show_link)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        # systemctl reload: tokens, keys, deny list and user map again; sessions stay.
+        loop.add_signal_handler(signal.SIGHUP, app[SERVER_KEY].reload)
         await stop.wait()
         stop.clear()
         # SIGTERM drains: no new sessions, clients are told 1001, shells end after the drain
@@ -210,6 +245,17 @@ async def serve(settings: Settings, *, ready: Callable[[str], None] | None = Non
         await runner.cleanup()
         logs.remove(handlers)
         _AIOHTTP_SERVER_LOGGER.removeFilter(redact)
+
+
+def _publish_local_token(
+    server: Server, url: str, port: int, show_link: Callable[[str], None] | None
+) -> None:
+    # With --auth local the token is stored for this port (once bound: the port may have been
+    # 0), where `tether attach` and the other commands of this account find it.
+    if isinstance(server.authenticator, auth.LocalAuth):
+        localtoken.publish(port, server.authenticator.token)
+        if show_link is not None:
+            show_link(link_with_token(url, server.authenticator.token))
 
 
 async def _first_of(*waits: Awaitable[Any]) -> None:
@@ -230,10 +276,14 @@ def run(settings: Settings) -> None:
         sys.stdout.write(f"tether listening on {url}\n")
         sys.stdout.flush()
 
+    def show_link(link: str) -> None:
+        sys.stdout.write(f"{link}\n")
+        sys.stdout.flush()
+
     try:
         import uvloop
 
         runner: Callable[..., object] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve(settings, ready=announce))
+    runner(serve(settings, ready=announce, show_link=show_link))

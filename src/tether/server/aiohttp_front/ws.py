@@ -5,7 +5,12 @@ It implements the core's :class:`~tether.server.front.Front` (and so the session
 position (awaiting the socket's drain, which is what slows a fast program while this client
 lags), a receive loop writes input and answers control messages, and the server's heartbeat
 calls :meth:`TerminalConnection.heartbeat_tick`, which drops a peer that leaves two pings
-unanswered.
+unanswered (only a pong that answers one of our pings counts).
+
+Every per-connection queue is bounded: control messages waiting for a client that does not read
+(at most :data:`MAX_QUEUED_MESSAGES`, then the connection is dropped with 1008), input waiting
+for the PTY (the session's backlog), and pongs to the client's pings (aiohttp's writer waits for
+the socket, so the receive loop stops reading and TCP pushes back).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import json
 import time
 from typing import Any
@@ -29,14 +35,21 @@ from tether.protocol.messages import (
     Resize,
     parse_client_message,
 )
+from tether.server.aiohttp_front import forward
 from tether.server.aiohttp_front.context import client_address, server_of, upgrade_of
+from tether.server.aiohttp_front.masking import require_masked_frames
+from tether.server.cluster.node import Route
 from tether.server.core import Server
+from tether.server.front import Upgrade
 from tether.server.manager import Connection
 from tether.server.session import Client, Session
 
 ACK_EVERY = 64 * 1024
 ACK_DELAY = 0.05  # a batching delay of the socket layer: on the loop's timer, not the clock
 _INPUT_BACKLOG = 256 * 1024
+# Control messages (pong, ack, resize, exit) queued for one client. A client answers a few per
+# heartbeat; one that keeps sending pings and never reads would grow this without end.
+MAX_QUEUED_MESSAGES = 1024
 
 
 class TerminalConnection:
@@ -55,6 +68,9 @@ class TerminalConnection:
         self._messages: collections.deque[dict[str, Any]] = collections.deque()
         self._closing: tuple[int, str] | None = None
         self._unanswered_pings = 0
+        self._pings_sent = 0
+        self._awaited_pongs: set[bytes] = set()  # payloads of our pings not yet answered
+        self._dropped: int | None = None  # the code of a connection this side cut
         self._acked_sent = 0
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Future[None] | None = None
@@ -64,6 +80,9 @@ class TerminalConnection:
         self._wake.set()
 
     def send_message(self, message: dict[str, Any]) -> None:
+        if len(self._messages) >= MAX_QUEUED_MESSAGES:
+            self._drop(CloseCode.POLICY_VIOLATION, "client stopped reading")
+            return
         self._messages.append(message)
         self._wake.set()
 
@@ -73,12 +92,12 @@ class TerminalConnection:
         self._wake.set()
 
     # ---------------------------------------------------------------- lifecycle
-    async def run(self) -> None:
+    async def run(self, upgrade: Upgrade | None = None) -> None:
         # Admit (and start the shell) before answering the upgrade: the shell then starts up on
         # the other core while the upgrade response and the hello are written.
         # perf_counter, not the server's clock: this is a latency of the socket layer.
         started = time.perf_counter()
-        upgrade = upgrade_of(self.request)
+        upgrade = upgrade or upgrade_of(self.request)
         try:
             connection = self.server.admit(self, upgrade)
         except Refusal as refusal:
@@ -92,6 +111,7 @@ class TerminalConnection:
             self.session.detach(self.client)
             self.session = self.client = None
             raise
+        require_masked_frames(self.request, self._on_unmasked_frame)
         self.server.on_admitted(self, upgrade, connection, time.perf_counter() - started)
         await self._serve(connection)
 
@@ -105,9 +125,10 @@ class TerminalConnection:
                 self._ack_timer.cancel()
             self.session.detach(self.client)
             self.close(CloseCode.NORMAL, "")
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
                 await asyncio.wait_for(sender, timeout=5)  # a socket-layer bound, not domain time
-            self.server.on_detached(self, connection, self.ws.close_code)
+            peer_code = self._dropped or self.ws.close_code
+            self.server.on_detached(self, connection, peer_code)
             # The client refers back to this front: break the cycle, so that the session
             # (its ring) and this connection's buffers are freed now, not at the next collection.
             self.session = self.client = None
@@ -140,9 +161,14 @@ class TerminalConnection:
                 self._wake.clear()
                 await self._wake.wait()
             code, reason = self._closing or (CloseCode.NORMAL, "")
-            await ws.close(code=code, message=clip_reason(reason).encode())
+            if self._dropped is None:  # else the transport is gone: no close handshake
+                await ws.close(code=code, message=clip_reason(reason).encode())
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the receive loop ends too
+
+    def _on_unmasked_frame(self) -> None:
+        """RFC 6455, 5.1: a client frame without a mask closes the connection with 1002."""
+        self.close(CloseCode.PROTOCOL_ERROR, "unmasked frame")
 
     def _schedule_ack(self) -> None:
         assert self.session is not None and self.client is not None
@@ -173,7 +199,8 @@ class TerminalConnection:
                 await self._handle_text(message.data)
             elif message.type is WSMsgType.PING:
                 await self.ws.pong(message.data)
-            elif message.type is WSMsgType.PONG:
+            elif message.type is WSMsgType.PONG and bytes(message.data) in self._awaited_pongs:
+                self._awaited_pongs.clear()  # an unsolicited pong proves nothing
                 self._unanswered_pings = 0
             if self._closing is not None:
                 break
@@ -210,19 +237,29 @@ class TerminalConnection:
         if self.session is None or self._closing is not None:
             return
         if self._unanswered_pings >= 2:
-            self.server.log(
-                "drop", key=self.session.info.key, addr=self.address, reason="two pings unanswered"
-            )
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
+            self._drop(CloseCode.ABNORMAL, "two pings unanswered")
             return
         self._unanswered_pings += 1
-        self._ping_task = asyncio.ensure_future(self._ping())
+        self._pings_sent += 1
+        payload = str(self._pings_sent).encode()
+        self._awaited_pongs.add(payload)
+        self._ping_task = asyncio.ensure_future(self._ping(payload))
 
-    async def _ping(self) -> None:
+    async def _ping(self, payload: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.ping()
+            await self.ws.ping(payload)
+
+    def _drop(self, code: int, reason: str) -> None:
+        """Cut the connection now (a close frame would wait behind what the peer does not
+        read); the session stays, detached, and the log and metrics get ``code``."""
+        if self.session is None or self._dropped is not None:
+            return
+        self._dropped = code
+        self.server.log("drop", key=self.session.info.key, addr=self.address, reason=reason)
+        self.close(code, reason)
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
 
 
 async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
@@ -231,12 +268,28 @@ async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,),
         autoping=False,
-        max_msg_size=server.settings.max_message_size,
+        # aiohttp refuses a frame of exactly its limit; the documented limit is the largest
+        # frame accepted (docs/protocol.md: "over" it closes with 1009).
+        max_msg_size=server.settings.max_message_size + 1,
         compress=False,
     )
     if not ws.can_prepare(request).ok:
         await ws.prepare(request)  # not a WebSocket upgrade: aiohttp answers with an HTTP error
-    connection = TerminalConnection(server, request, ws, client_address(request))
+    address, upgrade = client_address(request), upgrade_of(request)
+    if server.cluster is not None:  # another node may own the key (docs/scaling.md)
+        relayed = server.is_relay(request.headers, request.remote or "")
+        placed = await server.place(address, upgrade, relayed=relayed)
+        if placed.route is Route.FORWARD:
+            await forward.relay(request, ws, address, placed.url)
+            return ws
+        if placed.refusal is not None:
+            server.on_refused(placed.refusal, address)
+            await ws.prepare(request)
+            await ws.close(code=placed.refusal.code, message=placed.refusal.reason.encode())
+            return ws
+        if placed.query is not None:
+            upgrade = dataclasses.replace(upgrade, query=placed.query)
+    connection = TerminalConnection(server, request, ws, address)
     with server.serving(connection):
-        await connection.run()
+        await connection.run(upgrade)
     return ws
