@@ -21,6 +21,7 @@ S, E = SessionState, SessionEvent
 # The lifecycle written out independently of the module: starting → attached ⇄ detached → ended.
 ALLOWED = {
     (S.STARTING, E.ATTACH): S.ATTACHED,
+    (S.STARTING, E.ADOPT): S.DETACHED,
     (S.ATTACHED, E.ATTACH): S.ATTACHED,
     (S.DETACHED, E.ATTACH): S.ATTACHED,
     (S.ATTACHED, E.LAST_DETACH): S.DETACHED,

@@ -286,6 +286,39 @@ class ModeTracker:
         twin._string_stop, twin._utf8_missing = self._string_stop, self._utf8_missing
         return twin
 
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-safe snapshot (``from_state`` reads it back): a hand-over to a new process."""
+        live = self._live
+        stop = None
+        if self._string_stop is not None:
+            stop = "osc" if self._string_stop is _OSC_STOP else "string"
+        return {
+            "flags": dict(live.flags),
+            "mouse_tracking": sorted(live.mouse_tracking),
+            "mouse_encodings": sorted(live.mouse_encodings),
+            "scroll_region": list(live.scroll_region) if live.scroll_region else None,
+            "pending": self._pending.hex(),
+            "string_stop": stop,
+            "utf8_missing": self._utf8_missing,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ModeTracker:
+        """A tracker in the state ``to_state`` described (ValueError/KeyError: malformed)."""
+        tracker = cls()
+        live = tracker._live
+        live.flags.update({name: bool(state["flags"][name]) for name in _BOOLEAN_FIELDS})
+        live.mouse_tracking.update(int(mode) for mode in state["mouse_tracking"])
+        live.mouse_encodings.update(int(mode) for mode in state["mouse_encodings"])
+        region = state["scroll_region"]
+        live.scroll_region = (int(region[0]), region[1]) if region else None
+        tracker._pending = bytes.fromhex(state["pending"])
+        stops = {None: None, "osc": _OSC_STOP, "string": _STRING_STOP}
+        tracker._string_stop = stops[state["string_stop"]]
+        tracker._utf8_missing = int(state["utf8_missing"])
+        tracker._frozen = None
+        return tracker
+
     def feed(self, data: bytes) -> None:
         """Follow ``data``, the bytes that come next in the stream."""
         if not self._pending and self._string_stop is None and ESC not in data:

@@ -61,6 +61,21 @@ class RingBuffer:
         """Bytes of storage allocated (at most ``capacity``, roughly twice ``size`` below it)."""
         return len(self._storage)
 
+    @classmethod
+    def restored(cls, capacity: int, head: int, held: BytesLike) -> RingBuffer:
+        """A ring whose ``head`` is ``head`` and which holds ``held`` (the bytes just before it;
+        only the last ``capacity`` are kept): a ring handed over from another process."""
+        if len(held) > head:
+            raise ValueError(f"{len(held)} bytes held cannot end at position {head}")
+        ring = cls(capacity)
+        ring.append(held)
+        ring._head = head
+        return ring
+
+    def held(self) -> bytes:
+        """Every byte held, from ``tail`` to ``head`` (what a hand-over carries)."""
+        return self._copy_out(0, self._size) if self._size else b""
+
     def append(self, data: BytesLike, on_evict: Evicted | None = None) -> None:
         """Append ``data``; drop the oldest bytes beyond the capacity.
 

@@ -70,6 +70,10 @@ class Settings(BaseModel):
     log_backups: int = Field(5, ge=0)
     allowed_origins: tuple[str, ...] = ()
     drain_grace: float = Field(5.0, ge=0)
+    # Surviving the server process (docs/operations.md): the command an upgrade in place runs
+    # (default: our own command line), and a supervisor that keeps the shells through a crash.
+    upgrade_command: str | None = None
+    supervise: bool = True
     # Security (docs/security.md): who may connect, over what, and what they may reach.
     # local: a generated token kept per port in the user's runtime directory (docs/security.md)
     auth: Literal["local", "none", "token", "jwt"] = "local"

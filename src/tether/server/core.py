@@ -31,6 +31,7 @@ from tether.server.pending import PendingConnections
 from tether.server.pty import process_rss_bytes
 from tether.server.session import SessionState
 from tether.server.store import SessionStore
+from tether.server.upgrade import Upgrader
 
 LOGIN_FAILURE_WINDOW = 60.0  # seconds: max_login_failures per address within it
 
@@ -86,6 +87,11 @@ class Server:
             ("https",) if settings.certfile is not None else ("http",)
         ) + (("https",) if settings.trusted_proxies and settings.certfile is None else ())
         self._drain_task: asyncio.Task[None] | None = None
+        # Surviving the server process (server/upgrade.py, server/survival.py): grows with
+        # every upgrade in place or crash recovery; the upgrader is set once listening.
+        self.generation = 1
+        self.upgrader: Upgrader | None = None
+        self.last_upgrade_error: str | None = None
         self.pending = PendingConnections(settings.max_pending_per_address, self._is_pending_exempt)
         # Failed logins per address: a few a minute, then a doubling pause (up to 5 minutes).
         self._login_failures = StormDetector(
@@ -436,6 +442,7 @@ class Server:
             "uptime_seconds": round(uptime, 3),
             "connections": len(self.connections),
             "ready": self.manager.accepting,
+            "generation": self.generation,
         }
 
     # ------------------------------------------------------------------ timers

@@ -36,6 +36,7 @@ __all__ = [
     "EndReason",
     "Session",
     "SessionInfo",
+    "SessionObserver",
     "SessionState",
 ]
 
@@ -55,6 +56,16 @@ class ClientSink(Protocol):
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection now with ``code`` and ``reason``."""
+
+
+class SessionObserver(Protocol):
+    """Told of what a new server process would need after a crash (server/survival.py)."""
+
+    def output_appended(self, session: Session, data: bytes) -> None:
+        """``data`` was read from the PTY and is about to be appended to the ring."""
+
+    def input_counted(self, session: Session) -> None:
+        """An input count changed (bytes were written to the PTY)."""
 
 
 @dataclass(slots=True)
@@ -112,11 +123,15 @@ class Session:
         buffer_size: int,
         clock: Callable[[], float],
         on_exit: Callable[[Session, int | None, int | None], None],
+        *,
+        adopted: tuple[RingBuffer, ModeTracker] | None = None,
     ) -> None:
+        """``adopted``: the ring and tail modes of a session taken over from a previous server
+        process (docs/architecture.md, "Surviving the server process"); it starts detached."""
         self.info = info
         self.process = process
-        self.ring = RingBuffer(buffer_size)
-        self.tail_modes = ModeTracker()  # fed every byte the ring drops: the modes at its tail
+        self.ring, self.tail_modes = adopted or (RingBuffer(buffer_size), ModeTracker())
+        # tail_modes is fed every byte the ring drops: the modes at its tail
         self.clients: list[Client] = []
         self.state = SessionState.STARTING
         self.detached_since: float = clock()
@@ -133,9 +148,16 @@ class Session:
         self._writer_registered = False
         self._exit_status: tuple[int | None, int | None] | None = None
         self._exit_drain_budget = 0
+        self.observer: SessionObserver | None = None  # crash-survival state (server/survival.py)
+        if adopted is not None:
+            self._transition(SessionEvent.ADOPT)
         self._start_reading()
         if process.pidfd >= 0:
             self._loop.add_reader(process.pidfd, self._on_child_event)
+
+    def set_exit_handler(self, on_exit: Callable[[Session, int | None, int | None], None]) -> None:
+        """Who is told when the shell exits (the manager that adopted this session)."""
+        self._on_exit = on_exit
 
     def _transition(self, event: SessionEvent) -> None:
         """The one place where ``state`` changes (the table: ``tether.server.state``)."""
@@ -179,6 +201,8 @@ class Session:
             return b"", True
 
     def _append_output(self, data: bytes) -> None:
+        if self.observer is not None:
+            self.observer.output_appended(self, data)
         self.ring.append(data, self.tail_modes.feed)
         for client in self.clients:
             client.sink.wake()
@@ -312,6 +336,8 @@ class Session:
         self.input_bytes += written
         if len(counts) > _MAX_INPUT_IDS:
             counts.popitem(last=False)
+        if self.observer is not None:
+            self.observer.input_counted(self)
 
     def input_count(self, input_key: str) -> int:
         return self.info.input_counts.get(input_key, 0)

@@ -27,6 +27,7 @@ class SessionEvent(enum.Enum):
     ATTACH = "attach"  # a client attached
     LAST_DETACH = "last_detach"  # the last attached client left
     END = "end"  # the session ended (exit, idle reaping, operator kill, shutdown)
+    ADOPT = "adopt"  # taken over from a previous server process (upgrade, crash): no clients
 
 
 # Every allowed transition. Rules: a session starts without clients and gets its first one in
@@ -37,6 +38,7 @@ class SessionEvent(enum.Enum):
 _S, _E = SessionState, SessionEvent
 TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
     (_S.STARTING, _E.ATTACH): _S.ATTACHED,
+    (_S.STARTING, _E.ADOPT): _S.DETACHED,
     (_S.ATTACHED, _E.ATTACH): _S.ATTACHED,
     (_S.DETACHED, _E.ATTACH): _S.ATTACHED,
     (_S.ATTACHED, _E.LAST_DETACH): _S.DETACHED,
@@ -63,6 +65,8 @@ class EndReason(enum.Enum):
     REAPED = (CloseCode.NOT_FOUND, "session idle-reaped")
     KILLED = (CloseCode.TERMINATED, "session terminated by an operator")
     SHUTDOWN = (CloseCode.GOING_AWAY, "server shutting down")
+    # A cluster node that was lost finds another node took the key (docs/scaling.md).
+    FENCED = (CloseCode.NOT_FOUND, "node lost: session taken over by another node")
 
     @property
     def code(self) -> int:

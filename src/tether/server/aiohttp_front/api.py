@@ -65,8 +65,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    if not server_of(request).manager.accepting:
+    server = server_of(request)
+    if not server.manager.accepting:
         return json_error(503, "draining", "not accepting new sessions")
+    if not server.is_ready():  # a cluster node without a current lease (Redis unreachable)
+        return json_error(503, "registry_unavailable", "cluster registry unavailable")
     return web.json_response({"status": "ready"})
 
 

@@ -21,7 +21,7 @@ from tether.protocol.codes import CloseCode
 from tether.protocol.localtoken import link as link_with_token
 from tether.protocol.messages import SUBPROTOCOL
 from tether.server import auth, localtoken, logs, pty
-from tether.server.aiohttp_front import api
+from tether.server.aiohttp_front import api, forward
 from tether.server.aiohttp_front.context import SERVER_KEY, client_address, identify, server_of
 from tether.server.aiohttp_front.site import GuardedSite
 from tether.server.aiohttp_front.ws import handle_terminal
@@ -122,6 +122,10 @@ def create_app(
         app.router.add_static("/static", STATIC_DIR, append_version=False)
     app.on_startup.append(_start_background)
     app.on_shutdown.append(_stop)
+    if server.cluster is not None:  # node-to-node relays (docs/scaling.md)
+        app.router.add_get("/stats/cluster", api.stats_cluster)
+        app.on_startup.append(forward.open_session)
+        app.on_cleanup.append(forward.close_session)
     return app
 
 
@@ -219,6 +223,7 @@ async def serve(
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
         logs.log_event("listen", url=url, projects=settings.project_ids, auth=settings.auth)
+        await app[SERVER_KEY].join_cluster(url, port)  # with --redis-url: register, renew
         if settings.auth == "none" and not is_loopback_host(settings.host):
             logs.log_event("insecure", reason="no authentication on a non-loopback address")
         if settings.allow_same_user_shells and settings.auth in ("token", "jwt"):

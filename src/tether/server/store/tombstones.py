@@ -15,6 +15,10 @@ class TombstoneTable:
     def __len__(self) -> int:
         return len(self._tombstones)
 
+    def entries(self) -> list[Tombstone]:
+        """Every tombstone held (expired ones included until pruned): a hand-over's."""
+        return list(self._tombstones.values())
+
     def put(self, tombstone: Tombstone) -> None:
         """Leave a tombstone, replacing any earlier one for its key."""
         self._tombstones[tombstone.key] = tombstone
