@@ -55,7 +55,7 @@ def test_unit_runs_tether_serve_with_drain_friendly_stop_and_hardening() -> None
         r"/\S+/tether serve --config /etc/tether/tether\.toml", service["ExecStart"]
     )
     assert service["User"] == "tether" and service["Restart"] == "on-failure"
-    assert service["KillMode"] == "mixed" and service["KillSignal"] == "SIGTERM"
+    assert service["KillMode"] == "process" and service["KillSignal"] == "SIGTERM"
     assert int(service["TimeoutStopSec"]) >= 15  # drain_grace + kill_grace + margin
     hardening = {
         "NoNewPrivileges": "yes",
@@ -71,6 +71,17 @@ def test_unit_runs_tether_serve_with_drain_friendly_stop_and_hardening() -> None
     assert service["LogsDirectory"] == "tether" and "TasksMax" in service
     assert service["BindPaths"] == "/home" and "/home" in service["ReadWritePaths"].split()
     assert sections["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_unit_keeps_the_shells_through_a_crash_and_reloads_with_sighup() -> None:
+    service = unit_sections()["Service"]
+    # tether notifies READY=1 and stores PTYs and state (docs/operations.md): systemd must
+    # accept the notifications, keep the fds, and leave the shells when the main process dies.
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert int(service["FileDescriptorStoreMax"]) >= 2 * 2000 + 2  # 2 per session, max_sessions
+    assert service["KillMode"] == "process"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["Restart"] in ("on-failure", "always")
 
 
 def test_unit_gives_only_the_capabilities_that_switching_to_owners_accounts_needs() -> None:

@@ -59,6 +59,9 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
     same_user_shells: bool = True
+    # The crash-survival supervisor (docs/operations.md) is on by default in `tether serve`;
+    # tests that look at the serving process's children and pid start it only when they ask.
+    supervise: bool = False
 
     @property
     def home(self) -> Path:
@@ -111,6 +114,8 @@ class ServerProcess:
         ]
         if self.same_user_shells:
             command.append("--allow-same-user-shells")
+        if not self.supervise:
+            command.append("--no-supervise")
         if not has_project:
             command += ["--project", f"{self.project}={self.project_dir}"]
         command += list(self.args)

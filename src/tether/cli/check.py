@@ -75,10 +75,12 @@ def _scenario_names(values: tuple[str, ...]) -> list[str]:
 @cli.command("check")
 @click.option(
     "--url",
-    default=None,
+    "urls",
+    multiple=True,
     metavar="URL",
     help="server to check: ws://host:port/ws/terminal, ws://host:port or "
-    "http://host:port (default: start an embedded server)",
+    "http://host:port (default: start an embedded server); repeat it for the nodes of a "
+    "cluster: connections go to each in turn",
 )
 @click.option("--project", default=None, help="project id (default: the server's first)")
 @click.option(
@@ -99,7 +101,7 @@ def _scenario_names(values: tuple[str, ...]) -> list[str]:
 @click.option("--strict", is_flag=True, help="also fail on tether's own latency targets")
 @click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
 def check(
-    url: str | None,
+    urls: tuple[str, ...],
     project: str | None,
     scenarios: tuple[str, ...],
     time_scale: float,
@@ -112,11 +114,12 @@ def check(
     unknown = [n for n in names if n != "all" and n not in SCENARIOS]
     if unknown:
         raise click.BadParameter(f"unknown scenario {unknown[0]!r}", param_hint="--scenario")
-    if url is not None:
+    for each in urls:
         try:
-            websocket_url(url)
+            websocket_url(each)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--url") from None
+    url = urls[0] if urls else None
     console = Console(stderr=True)
     progress = None if as_json else (lambda name: console.print(f"[dim]running {name}…"))
     report = asyncio.run(
@@ -128,6 +131,7 @@ def check(
             time_scale=time_scale,
             strict=strict,
             progress=progress,
+            also=urls[1:],
         )
     )
     if as_json:

@@ -32,21 +32,25 @@ class CommandFailed(click.ClickException):
         """The report already says why."""
 
 
-def _check_url(url: str | None) -> None:
-    if url is not None:
+def _check_url(urls: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """The first ``--url`` and the others (nodes of one cluster), each checked."""
+    for url in urls:
         try:
             websocket_url(url)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--url") from None
+    return (urls[0] if urls else None), urls[1:]
 
 
 def _url_option(command: Any) -> Any:
     return click.option(
         "--url",
-        default=None,
+        "url",
+        multiple=True,
         metavar="URL",
         help="server: ws://host:port/ws/terminal, ws://host:port or http://host:port "
-        "(default: start an embedded server for the run)",
+        "(default: start an embedded server for the run); repeat it for the nodes of a "
+        "cluster: connects and reconnects go to a random one",
     )(command)
 
 
@@ -161,7 +165,7 @@ def _finish(report: Any, json_file: str | None, plot_file: str | None, strict: b
 @click.option("--strict", is_flag=True, help="also fail on tether's own targets")
 @click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
 def load(
-    url: str | None,
+    url: tuple[str, ...],
     project: str | None,
     connections: int,
     duration: float,
@@ -174,16 +178,17 @@ def load(
     token: str | None,
 ) -> None:
     """Simulate users typing into their own sessions, cut and resumed; verify every byte."""
-    _check_url(url)
+    first, also = _check_url(url)
     options = LoadOptions(
-        url=url,
+        url=first,
+        also=also,
         project=project,
         connections=connections,
         duration=duration,
         ramp_up=ramp_up,
         reconnect_every=reconnect_every,
         seed=seed,
-        token=token or (stored_token(url) if url is not None else None),
+        token=token or (stored_token(first) if first is not None else None),
     )
     report = _run_live(
         f"tether load — {connections} users × {duration:g} s",
@@ -209,7 +214,7 @@ def load(
 @click.option("--strict", is_flag=True, help="also fail on tether's own targets")
 @click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
 def stress(
-    url: str | None,
+    url: tuple[str, ...],
     project: str | None,
     rapid_reconnect: bool,
     iterations: int,
@@ -220,14 +225,15 @@ def stress(
     token: str | None,
 ) -> None:
     """Rapid reconnects, concurrent creates, aborts mid-replay, storms; check for leaks."""
-    _check_url(url)
+    first, also = _check_url(url)
     options = StressOptions(
-        url=url,
+        url=first,
+        also=also,
         project=project,
         iterations=iterations,
         concurrency=concurrency,
         seed=seed,
-        token=token or (stored_token(url) if url is not None else None),
+        token=token or (stored_token(first) if first is not None else None),
     )
     report = _run_live(
         f"tether stress — {iterations} iterations",

@@ -162,21 +162,41 @@ _BREAKER_STYLE = {"open": "bold red", "half_open": "yellow", "closed": "green"}
 
 def _sessions_table(sessions: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for name in ("key", "project", "owner", "state", "pid", "clients", "buffered", "active"):
+    # In a cluster, a session of another node has no live figures here (clients, buffered).
+    clustered = len({entry.get("node") for entry in sessions}) > 1
+    columns = ("key", "project", "owner", "state", "pid", "clients", "buffered", "active")
+    for name in (*columns, "node") if clustered else columns:
         table.add_column(name, no_wrap=name == "key")
     now = time.time()
     for entry in sessions:
-        state = entry["state"]
-        table.add_row(
+        state = entry.get("state", "?")
+        buffered = entry.get("buffered_bytes")
+        row = [
             entry["key"],
-            entry["project"],
-            entry["owner"],
+            entry.get("project", "?"),
+            entry.get("owner", "?"),
             f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
-            str(entry["pid"]),
-            str(entry["clients"]),
-            _size(entry["buffered_bytes"]),
+            str(entry.get("pid", "-")),
+            str(entry.get("clients", "-")),
+            "-" if buffered is None else _size(buffered),
             _ago(entry.get("last_activity"), now),
-        )
+        ]
+        if clustered:
+            node_state = entry.get("node_state", "up")
+            row.append(entry["node"] + ("" if node_state == "up" else f" [red]({node_state})[/]"))
+        table.add_row(*row)
+    return table
+
+
+def _nodes_table(view: dict[str, Any]) -> Table:
+    table = Table(title="cluster nodes", title_justify="left")
+    for name in ("node", "state", "sessions", "url"):
+        table.add_column(name)
+    for node in view.get("nodes", []):
+        style = "green" if node["state"] == "up" else "bold red"
+        mark = " *" if node["node"] == view.get("node") else ""
+        state = f"[{style}]{node['state']}[/]"
+        table.add_row(node["node"] + mark, state, str(node["sessions"]), node["url"])
     return table
 
 
@@ -246,10 +266,13 @@ def stats(
     api = _client(url, token)
     sessions = api.get("/stats/sessions", project=project, owner=owner)
     breakers = api.get("/stats/circuit-breaker")
+    view = _cluster_view(api)
     if as_json:
-        _json_out({"sessions": sessions, "breakers": breakers})
+        _json_out({"sessions": sessions, "breakers": breakers, "cluster": view})
         return
     console = _console()
+    if view is not None and view.get("cluster"):
+        console.print(_nodes_table(view))
     console.print(_summary(sessions))
     console.print(_sessions_table(sessions["sessions"], f"sessions at {api.base}"))
     if any(breakers.get(scope) for scope in ("key", "address", "project")):
@@ -257,6 +280,15 @@ def stats(
     else:
         console.print("circuit breakers: [green]none tripped[/]")
     console.print(_thresholds(breakers))
+
+
+def _cluster_view(api: ApiClient) -> dict[str, Any] | None:
+    """``/stats/cluster`` (None from a server older than clusters, or without the right)."""
+    try:
+        view: dict[str, Any] = api.get("/stats/cluster")
+    except OperatorError:
+        return None
+    return view
 
 
 @cli.group("sessions")
@@ -341,3 +373,32 @@ def clear(url: str, token: str | None, project: str | None, yes: bool) -> None:
     body = {"project": project} if project else {}
     result = api.post("/api/sessions/clear", body)
     click.echo(f"cleared {result['count']} session(s){scope}")
+
+
+# ------------------------------------------------------------------------------ restart
+RESTART_POLL = 0.1  # seconds between looks at the server's generation
+
+
+@cli.command("restart")
+@_server_options
+@click.option("--timeout", default=60.0, show_default=True, help="seconds to wait for it")
+def restart(url: str, token: str | None, timeout: float) -> None:
+    """Upgrade the server in place to the code now installed, keeping every session.
+
+    Waits until the new generation serves (exit 0); if the new code or settings fail their
+    check, says why and exits 1 while the old server keeps serving (docs/operations.md).
+    """
+    api = _client(url, token)
+    before = api.post("/api/restart", {})
+    generation = int(before["generation"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(RESTART_POLL)
+        try:
+            facts = api.get("/stats/sessions")["server"]
+        except OperatorError:
+            continue  # the port answers again in a moment: connections wait in its backlog
+        if int(facts.get("generation", 0)) > generation:
+            click.echo(f"restarted: generation {facts['generation']}, pid {facts['pid']}")
+            return
+    raise OperatorError(f"no new generation within {timeout:g} s (see the server's log)")

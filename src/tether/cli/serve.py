@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import click
 
 from tether.cli._group import cli
-from tether.errors import ConfigError
+from tether.errors import ConfigError, HandoverError
 from tether.server.config import build_settings, from_environment, load_toml
 
 # (flag, metavar, help): each flag sets the settings field of the same name; every value is
@@ -136,6 +137,19 @@ def _options(command: Any) -> Any:
     help="/metrics needs a credential where auth is on (default: yes)",
 )
 @click.option(
+    "--supervise/--no-supervise",
+    "supervise",
+    default=None,
+    help="a supervising process keeps the shells through a crash of the server (default: yes)",
+)
+@click.option(
+    "--upgrade-command",
+    "upgrade_command",
+    default=None,
+    metavar="CMD",
+    help="command line an upgrade in place runs (default: this one; docs/operations.md)",
+)
+@click.option(
     "--healthz-auth/--no-healthz-auth",
     "healthz_auth",
     default=None,
@@ -145,6 +159,8 @@ def _options(command: Any) -> Any:
 def serve(config_file: str | None, **flags: Any) -> None:
     """Serve terminals over WebSocket (default 127.0.0.1:4001)."""
     from tether.server.aiohttp_front.app import run
+    from tether.server.supervisor import should_supervise, supervise
+    from tether.server.upgrade import check_requested
 
     raw = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
@@ -154,7 +170,27 @@ def serve(config_file: str | None, **flags: Any) -> None:
             else {}
         )
         settings = build_settings(file_layer, from_environment(os.environ), raw)
-        run(settings)  # raises ConfigError before listening (tokens file, keys, certificate)
+        if check_requested(os.environ):  # an upgrade's pre-check of this code and settings
+            check_only(settings)
+        elif should_supervise(settings, os.environ):
+            raise click.exceptions.Exit(supervise(sys.orig_argv))
+        else:
+            run(settings)  # raises ConfigError before listening (tokens file, keys, certificate)
     except ConfigError as exc:
         click.echo(f"tether: invalid configuration: {exc}", err=True)
         raise click.exceptions.Exit(2) from None
+    except HandoverError as exc:
+        click.echo(f"tether: {exc}", err=True)
+        raise click.exceptions.Exit(1) from None
+
+
+def check_only(settings: Any) -> None:
+    """``TETHER_UPGRADE_CHECK=1`` (an upgrade's pre-check, docs/operations.md): this code
+    imported whole, the settings, keys, certificate and hand-over version good; then exit."""
+    from tether.server.aiohttp_front.app import create_app, tls_context
+    from tether.server.upgrade import CHECK_OK, check_version
+
+    check_version(os.environ)
+    tls_context(settings)
+    create_app(settings)  # the tokens file, keys, deny list, user map
+    click.echo(CHECK_OK)

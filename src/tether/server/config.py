@@ -112,6 +112,7 @@ class Settings(BaseModel):
     cluster_renew_every: float = Field(1.0, gt=0)
     cluster_timeout: float = Field(1.0, gt=0)
     cluster_record_interval: float = Field(5.0, gt=0)  # record mirror in cluster mode
+    cluster_sweep_after: float = Field(60.0, gt=0)  # a lost node's sessions are kept that long
 
     @field_validator("log_level")
     @classmethod

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,8 @@ from tether.protocol.messages import check_subprotocols
 from tether.protocol.storm import StormDetector
 from tether.server import auth, hostcheck, logs
 from tether.server.clock import Clock, SystemClock
-from tether.server.cluster.node import LOCAL, ClusterNode, Placement
+from tether.server.cluster.node import ClusterNode
+from tether.server.cluster.placement import LOCAL, Placement
 from tether.server.config import Settings
 from tether.server.front import Front, Upgrade
 from tether.server.identity import Identity
@@ -58,9 +60,11 @@ class Server:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         # With --redis-url: this node's membership; the store is then the shared Redis one.
-        self.cluster = ClusterNode.from_settings(settings, self.clock) if settings.redis_url else None
+        self.cluster = (
+            ClusterNode.from_settings(settings, self.clock) if settings.redis_url else None
+        )
         if self.cluster is not None and store is None:
-            store = self.cluster.store
+            store = self.cluster.fenced_store  # records written only while the key is ours
         self.manager = SessionManager(
             settings,
             store=store,
@@ -69,7 +73,8 @@ class Server:
             listener=self._on_event,
         )
         if self.cluster is not None:
-            self.cluster.bind(lambda: self.manager.sessions, self.manager.fence)
+            manager = self.manager
+            self.cluster.bind(lambda: manager.sessions, manager.fence, manager.writer.flush)
             self.manager.record_interval = settings.cluster_record_interval
         self.metrics = Metrics(self.snapshot, self.clock)
         self.metrics.info.labels(__version__).set(1)
@@ -194,6 +199,13 @@ class Server:
             upgrade.query, identity, relayed=relayed, owner_limit=limit
         )
 
+    @property
+    def node_name(self) -> str:
+        """This node's id: the cluster's, else ``--node-id`` or the host name."""
+        if self.cluster is not None and self.cluster.node_id:
+            return self.cluster.node_id
+        return self.settings.node_id or socket.gethostname()
+
     async def join_cluster(self, url: str, port: int) -> None:
         """Once listening (``url``, ``port``: where, as bound): register with the cluster."""
         if self.cluster is not None:
@@ -203,11 +215,19 @@ class Server:
         """A request a peer node forwarded (its client's address is then believed)."""
         return self.cluster is not None and self.cluster.is_relay(headers, peer)
 
-    def admit(self, front: Front, upgrade: Upgrade) -> Connection:
+    def admit(self, front: Front, upgrade: Upgrade, *, claimed: str | None = None) -> Connection:
         """Create or attach a session for a ``/ws/terminal`` attempt, before the upgrade.
 
         Raises :class:`Refusal` (already counted and logged): the front closes with its code.
+        ``claimed``: the key :meth:`place` claimed for it, released unless a session was made.
         """
+        try:
+            return self._admit(front, upgrade)
+        finally:
+            if self.cluster is not None and claimed is not None:
+                self.cluster.settle(claimed)
+
+    def _admit(self, front: Front, upgrade: Upgrade) -> Connection:
         retry_after = self.login_retry_after(front.address)
         if retry_after is not None:
             refusal = Refusal(CloseCode.STORM, f"retry-after={retry_after}")
@@ -235,9 +255,6 @@ class Server:
                 # The log has the cause; the client must not learn the server's paths.
                 raise Refusal(refusal.code, "cannot start shell") from None
             raise
-        finally:
-            if self.cluster is not None:
-                self.cluster.settle()  # a claim made for a session not created is released
 
     def on_refused(self, refusal: Refusal, address: str) -> None:
         self.metrics.connection_attempts.inc()

@@ -115,6 +115,14 @@ class SessionManager:
         self._listener = listener or (lambda event, **fields: None)
         self._connection_ids = itertools.count(1)
         self.counters: dict[str, int] = {"created": 0, "reaped": 0, "killed": 0, "exited": 0}
+        # Told of every session created and ended (crash survival: server/survival.py).
+        self.on_created: list[Callable[[Session], None]] = []
+        self.on_ended: list[Callable[[Session], None]] = []
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock this manager and its sessions read."""
+        return self._clock
 
     # ------------------------------------------------------------------ connect
     def connect(self, request: ConnectRequest, sink: ClientSink) -> Connection:
@@ -251,6 +259,8 @@ class SessionManager:
         )
         session = Session(info, process, self.settings.buffer_size, self._clock, self._on_exit)
         self.sessions[key] = session
+        for hook in self.on_created:
+            hook(session)
         self.writer.put_record(key)
         self._watch_records()
         self.counters["created"] += 1
@@ -346,6 +356,8 @@ class SessionManager:
         self, session: Session, reason: EndReason, status: tuple[Any, Any] = (None, None)
     ) -> None:
         key = session.info.key
+        for hook in self.on_ended:
+            hook(session)
         mirrored = reason is not EndReason.FENCED  # a fenced key's store entries are not ours
         if self.sessions.get(key) is session:
             del self.sessions[key]

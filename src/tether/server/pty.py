@@ -142,6 +142,12 @@ def adopt(pid: int, fd: int) -> PtyProcess:
     return PtyProcess(pid=pid, fd=fd, pidfd=pidfd)
 
 
+def window_size(fd: int) -> tuple[int, int]:
+    """(cols, rows) of the terminal whose master is ``fd`` (the kernel keeps it)."""
+    rows, cols, _, _ = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8)))
+    return max(cols, 1), max(rows, 1)
+
+
 def _give_terminal(slave: int, uid: int) -> None:
     try:
         tty_group = grp.getgrnam("tty").gr_gid
@@ -291,6 +297,20 @@ def reap(pids: Sequence[int]) -> None:
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 _shells.discard(pid)
+
+
+def reap_strays() -> list[int]:
+    """Reap our children that are no terminal's shell and have ended (a session that was
+    ending when an upgrade exec'ed: its shell and jobs are still our children, and nobody
+    else waits for them); returns their PIDs."""
+    reaped = []
+    for pid in _own_children():
+        if pid in _shells:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped.append(pid)
+    return reaped
 
 
 def release_free_memory() -> None:

@@ -89,8 +89,10 @@ async def run_check(
     time_scale: float = 1.0,
     strict: bool = False,
     progress: Callable[[str], None] | None = None,
+    also: Sequence[str] = (),
 ) -> CheckReport:
-    """Run ``scenarios`` against ``url`` (or an embedded server when None)."""
+    """Run ``scenarios`` against ``url`` (or an embedded server when None); ``also``: the other
+    nodes of a cluster, which connections use in turn."""
     names = expand(scenarios)
     if url is None:
         async with EmbeddedServer() as server:
@@ -108,7 +110,8 @@ async def run_check(
         project = project or await _first_project(url, token)
     except ClientError as exc:
         return CheckReport(endpoint, project, time_scale, error=f"cannot reach the server: {exc}")
-    ctx = Context(endpoint, project, token, time_scale, strict)
+    others = tuple(websocket_url(other) for other in also)
+    ctx = Context(endpoint, project, token, time_scale, strict, also=others)
     report = CheckReport(endpoint, project, time_scale)
     for name in names:
         if progress is not None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tether.client import Terminal, connect
+from tether.client import Terminal, connect, fetch_json
 from tether.errors import ClientError, ConnectFailed
 from tether.protocol.codes import CloseCode
 from tether.protocol.policy import ReconnectPolicy, State
@@ -59,6 +59,23 @@ class Context:
     time_scale: float = 1.0
     strict: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # facts one scenario leaves for another
+    also: tuple[str, ...] = ()  # the other nodes of a cluster (WebSocket endpoints)
+    _opened: int = 0
+
+    def next_url(self) -> str:
+        """The node for the next connection: the nodes in turn (a session made through one is
+        resumed through the next)."""
+        urls = (self.url, *self.also)
+        self._opened += 1
+        return urls[(self._opened - 1) % len(urls)]
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        """Every node's ``/stats/sessions`` entries."""
+        entries: list[dict[str, Any]] = []
+        for url in (self.url, *self.also):
+            stats = await fetch_json(url, "/stats/sessions", token=self.token)
+            entries += stats.get("sessions", [])
+        return entries
 
     def now(self) -> float:
         """The event loop's clock."""
@@ -108,7 +125,7 @@ async def open_terminal(ctx: Context, url: str | None = None, **options: Any) ->
     while True:
         try:
             return await connect(
-                url or ctx.url,
+                url or ctx.next_url(),
                 project=ctx.project,
                 token=ctx.token,
                 time_scale=ctx.time_scale,

@@ -12,7 +12,7 @@ import re
 import secrets
 import uuid
 
-from tether.client import Terminal, fetch_json
+from tether.client import Terminal
 from tether.protocol.messages import Hello
 from tether.tools.check_probe import (
     CANONICAL_ID,
@@ -101,8 +101,7 @@ def _check_resume_hello(
 
 
 async def _check_single_session(ctx: Context, out: Outcome, key: str, pid: int) -> None:
-    stats = await fetch_json(ctx.url, "/stats/sessions", token=ctx.token)
-    mine = [entry for entry in stats.get("sessions", []) if entry.get("key") == key]
+    mine = [entry for entry in await ctx.sessions() if entry.get("key") == key]
     out.expect(len(mine) == 1, f"{len(mine)} sessions listed for {key} in /stats/sessions")
     if mine and mine[0].get("pid") is not None:
         out.expect(mine[0]["pid"] == pid, "/stats/sessions shows another PID")
@@ -218,8 +217,7 @@ async def _echo_samples(ctx: Context, term: Terminal) -> list[float]:
 
 
 async def _memory_per_session(ctx: Context, keys: set[str | None]) -> float | None:
-    stats = await fetch_json(ctx.url, "/stats/sessions", token=ctx.token)
-    sizes = [e.get("memory_bytes") for e in stats.get("sessions", []) if e.get("key") in keys]
+    sizes = [e.get("memory_bytes") for e in await ctx.sessions() if e.get("key") in keys]
     known = [size for size in sizes if isinstance(size, int)]
     return round(max(known) / 2**20, 2) if known else None
 

@@ -37,6 +37,7 @@ class LoadOptions:
     """What to run; ``url=None`` starts an embedded server for the run."""
 
     url: str | None = None
+    also: tuple[str, ...] = ()  # other nodes of a cluster: connects spread over all of them
     project: str | None = None
     connections: int = 100
     duration: float = 300.0
@@ -148,7 +149,8 @@ class _LoadRun:
 
     def _new_user(self, http: Any, index: int) -> TypingUser:
         rng = random.Random(self.rng.random())
-        return TypingUser(http, self.url, self.project, self.recorder, rng=rng)
+        urls = (self.url, *self.options.also)
+        return TypingUser(http, self.url, self.project, self.recorder, rng=rng, urls=urls)
 
     # -- one user ----------------------------------------------------------------------------
     async def _live(self, user: TypingUser, index: int) -> None:

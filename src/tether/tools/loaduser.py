@@ -22,7 +22,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -260,6 +260,7 @@ class TypingUser:
         rng: random.Random | None = None,
         session: str | None = None,
         time_scale: float = 1.0,
+        urls: Sequence[str] = (),
     ) -> None:
         self.http, self.url, self.project, self.recorder = (
             http,
@@ -267,6 +268,8 @@ class TypingUser:
             project,
             recorder,
         )
+        # Several nodes of one cluster: every (re)connection goes to a random one of them.
+        self.urls = [websocket_url(other) for other in urls] or [self.url]
         self.rng = rng or random.Random()
         self.session = session or session_id()
         self.client = client_id()
@@ -314,7 +317,7 @@ class TypingUser:
     async def start(self) -> None:
         """Create the session; record connect latency (to the first byte); start ``cat``."""
         started = time.perf_counter()
-        result = await Wire.open(self.http, self.url, self.protocol)
+        result = await Wire.open(self.http, self.rng.choice(self.urls), self.protocol)
         if isinstance(result, Refused):
             self.recorder.close_codes[result.code] += 1
             self.policy.stop(self._now(), result.code, result.reason)
@@ -352,7 +355,7 @@ class TypingUser:
     async def _attempt_resume(self) -> None:
         self.recorder.count("reconnect_attempts")
         started = time.perf_counter()
-        result = await Wire.open(self.http, self.url, self.protocol)
+        result = await Wire.open(self.http, self.rng.choice(self.urls), self.protocol)
         if isinstance(result, Refused):
             self.recorder.close_codes[result.code] += 1
             self.policy.on_attempt_failed(self._now(), result.code, result.reason)
@@ -521,7 +524,7 @@ class TypingUser:
     async def verify_replay(self) -> bool:
         """A fresh connection replays the session from offset 0: it must equal our transcript."""
         replayer = ClientProtocol(ClientOptions(self.project, self.session, offset=0, create=False))
-        result = await Wire.open(self.http, self.url, replayer)
+        result = await Wire.open(self.http, self.rng.choice(self.urls), replayer)
         if isinstance(result, Refused):
             self._fail(f"replay check refused: {result.code} {result.reason}")
             return False

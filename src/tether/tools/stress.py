@@ -76,6 +76,7 @@ SHARES = {"same-key": 0.5, "new-key": 0.25, "concurrent-create": 0.1, "abort-rep
 @dataclass(frozen=True)
 class StressOptions:
     url: str | None = None
+    also: tuple[str, ...] = ()  # other nodes of a cluster: connects spread over all of them
     project: str | None = None
     iterations: int = 1000
     concurrency: int = 20
@@ -132,6 +133,8 @@ class _StressRun:
         self.options, self.project, self.report, self.progress = options, project, report, progress
         self.url = options.url
         self.ws_url = websocket_url(options.url)
+        self.urls = (options.url, *options.also)
+        self.ws_urls = [websocket_url(url) for url in self.urls]
         self.threshold, self.window = int(key_rule["threshold"]), float(key_rule["window"])
         self.rng = random.Random(options.seed)
         self.recorder = Recorder()
@@ -177,7 +180,7 @@ class _StressRun:
         assert self.http is not None
         if not isinstance(params, ClientProtocol):
             params = {"project": self.project, **params}
-        result = await Wire.open(self.http, self.ws_url, params)
+        result = await Wire.open(self.http, self.rng.choice(self.ws_urls), params)
         if isinstance(result, Refused):
             self._refused(result, where)
             return None
@@ -190,7 +193,7 @@ class _StressRun:
         async with new_http(self.token) as http:
             self.http = http
             bystanders = [
-                TypingUser(http, self.url, self.project, self.bystander_recorder)
+                TypingUser(http, self.url, self.project, self.bystander_recorder, urls=self.urls)
                 for _ in range(self.options.bystanders)
             ]
             await asyncio.gather(*(b.start() for b in bystanders), return_exceptions=True)
@@ -263,7 +266,10 @@ class _StressRun:
         per_key = max(1, self.threshold - 2)
         keys = max(min(self.options.concurrency, cycles), math.ceil(cycles / per_key))
         assert self.http is not None
-        users = [TypingUser(self.http, self.url, self.project, self.recorder) for _ in range(keys)]
+        users = [
+            TypingUser(self.http, self.url, self.project, self.recorder, urls=self.urls)
+            for _ in range(keys)
+        ]
         pacers = [KeyPacer(self.threshold, self.window) for _ in users]
         try:
             await self._workers(keys, lambda i: self._start_user(users[i], pacers[i]))
@@ -359,8 +365,8 @@ class _StressRun:
         created = [w for w in wires if w.hello.created]
         keys = {w.hello.key for w in wires}
         expect_admitted = min(group, self.threshold)
-        stats = await fetch_json(self.url, "/stats/sessions", token=self.token)
-        entries = [s for s in stats["sessions"] if s["session"] == session]
+        listed = await self._every_node("/stats/sessions", "sessions")
+        entries = [s for s in listed if s["session"] == session]
         ok = (
             len(created) == 1
             and len(keys) == 1
@@ -383,7 +389,8 @@ class _StressRun:
 
     async def _open_quietly(self, params: dict[str, str]) -> Wire | Refused:
         assert self.http is not None
-        return await Wire.open(self.http, self.ws_url, {"project": self.project, **params})
+        url = self.rng.choice(self.ws_urls)
+        return await Wire.open(self.http, url, {"project": self.project, **params})
 
     # -- phase: aborts mid-replay ------------------------------------------------------------
     async def _abort_replay(self) -> None:
@@ -486,9 +493,16 @@ class _StressRun:
         await result.close()
         return 0, ""
 
+    async def _every_node(self, path: str, field: str) -> list[dict[str, Any]]:
+        """The rows under ``field`` of ``path`` on every node (one node unless clustered)."""
+        rows: list[dict[str, Any]] = []
+        for url in self.urls:
+            rows += (await fetch_json(url, path, token=self.token))[field]
+        return rows
+
     async def _breaker_state(self, key: str) -> str:
-        stats = await fetch_json(self.url, "/stats/circuit-breaker", token=self.token)
-        for row in stats["key"]:
+        # A key's breaker is on its owner node, which sees every attach of the key.
+        for row in await self._every_node("/stats/circuit-breaker", "key"):
             if row["key"] == key:
                 return str(row["state"])
         return "absent"

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from tether.protocol.storm import BreakerSnapshot
+from tether.server.aiohttp_front import cluster_api
 from tether.server.aiohttp_front.context import identify, server_of
 from tether.server.core import Server
 from tether.server.session import Session, SessionState
@@ -239,10 +240,21 @@ async def list_sessions(request: web.Request) -> web.Response:
     sessions = _visible_sessions(request)
     if isinstance(sessions, web.Response):
         return sessions
-    clock = server_of(request).clock
-    now_m, now_w = clock.monotonic(), clock.time()
+    server = server_of(request)
+    now_m, now_w = server.clock.monotonic(), server.clock.time()
     ordered = sorted(sessions, key=lambda s: (s.info.created_at, s.info.key))
-    return web.json_response({"sessions": [session_entry(s, now_m, now_w) for s in ordered]})
+    entries = [session_entry(s, now_m, now_w) for s in ordered]
+    for entry in entries:  # every node's sessions in a cluster: docs/scaling.md
+        entry.update(node=server.node_name, node_state="up")
+    if server.cluster is not None and not cluster_api.is_peer_request(request):
+        query = request.query
+        others = await cluster_api.remote_entries(
+            request, owner=query.get("owner"), project=query.get("project")
+        )
+        if isinstance(others, web.Response):
+            return others
+        entries.extend(others)
+    return web.json_response({"sessions": entries})
 
 
 def _named_session(request: web.Request) -> Session | web.Response:
@@ -257,7 +269,17 @@ def _named_session(request: web.Request) -> Session | web.Response:
     return session
 
 
+async def _on_owner_node(request: web.Request) -> web.Response | None:
+    """In a cluster, the answer of the node that owns ``{key}`` (None: this node answers)."""
+    if server_of(request).cluster is None or _require_operator(request) is not None:
+        return None
+    return await cluster_api.to_owner(request, request.match_info["key"])
+
+
 async def get_session(request: web.Request) -> web.Response:
+    answered = await _on_owner_node(request)
+    if answered is not None:
+        return answered
     session = _named_session(request)
     if isinstance(session, web.Response):
         return session
@@ -267,6 +289,9 @@ async def get_session(request: web.Request) -> web.Response:
 
 async def kill_session(request: web.Request) -> web.Response:
     """End a session (operator API): its clients get 4013."""
+    answered = await _on_owner_node(request)
+    if answered is not None:
+        return answered
     session = _named_session(request)
     if isinstance(session, web.Response):
         return session
@@ -293,7 +318,23 @@ async def clear_sessions(request: web.Request) -> web.Response:
     if project is not None and server.settings.project(project) is None:
         return json_error(404, "not_found", f"no project {project[:64]}")
     keys = server.manager.clear(project=project)
+    if server.cluster is not None:  # and every other node's
+        keys += await cluster_api.clear_others(request, {"project": project} if project else {})
     return web.json_response({"cleared": keys, "count": len(keys)})
+
+
+async def stats_cluster(request: web.Request) -> web.Response:
+    """The cluster's nodes, their liveness and session counts (``/stats/cluster``)."""
+    denied = _require_operator(request)
+    if denied is not None:
+        return denied
+    server = server_of(request)
+    if server.cluster is None:  # one node: itself
+        node = {"node": server.node_name, "state": "up", "url": "", "sessions": 0}
+        node["sessions"] = len(server.manager.sessions)
+        body = {"node": server.node_name, "ready": server.is_ready(), "nodes": [node]}
+        return web.json_response({**body, "cluster": False})
+    return await cluster_api.stats_cluster(request)
 
 
 async def drain(request: web.Request) -> web.Response:

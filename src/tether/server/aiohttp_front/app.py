@@ -21,7 +21,7 @@ from tether.protocol.codes import CloseCode
 from tether.protocol.localtoken import link as link_with_token
 from tether.protocol.messages import SUBPROTOCOL
 from tether.server import auth, localtoken, logs, pty
-from tether.server.aiohttp_front import api, forward
+from tether.server.aiohttp_front import api, forward, survive
 from tether.server.aiohttp_front.context import SERVER_KEY, client_address, identify, server_of
 from tether.server.aiohttp_front.site import GuardedSite
 from tether.server.aiohttp_front.ws import handle_terminal
@@ -114,6 +114,7 @@ def create_app(
     app.router.add_delete("/api/sessions/{key}", api.kill_session)
     app.router.add_post("/api/sessions/clear", api.clear_sessions)
     app.router.add_post("/api/drain", api.drain)
+    app.router.add_post("/api/restart", survive.restart)
     app.router.add_get("/stats/sessions", api.stats_sessions)
     app.router.add_get("/stats/circuit-breaker", api.stats_breakers)
     app.router.add_get("/metrics", api.metrics)
@@ -122,8 +123,8 @@ def create_app(
         app.router.add_static("/static", STATIC_DIR, append_version=False)
     app.on_startup.append(_start_background)
     app.on_shutdown.append(_stop)
+    app.router.add_get("/stats/cluster", api.stats_cluster)
     if server.cluster is not None:  # node-to-node relays (docs/scaling.md)
-        app.router.add_get("/stats/cluster", api.stats_cluster)
         app.on_startup.append(forward.open_session)
         app.on_cleanup.append(forward.close_session)
     return app
@@ -210,6 +211,7 @@ async def serve(
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     try:
+        inherited = survive.take_over(app[SERVER_KEY])  # an upgrade's or a crash's sessions
         site = GuardedSite(
             runner,
             settings.host,
@@ -217,8 +219,11 @@ async def serve(
             reuse_address=True,
             ssl_context=ssl_context,
             pending=app[SERVER_KEY].pending,
+            sock=inherited[0] if inherited else None,
+            backlog=survive.LISTEN_BACKLOG,
         )
         await site.start()
+        survive.start(app[SERVER_KEY], site, settings)
         port = runner.addresses[0][1]
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         url = f"{'https' if ssl_context else 'http'}://{host}:{port}"

@@ -38,7 +38,7 @@ from tether.protocol.messages import (
 from tether.server.aiohttp_front import forward
 from tether.server.aiohttp_front.context import client_address, server_of, upgrade_of
 from tether.server.aiohttp_front.masking import require_masked_frames
-from tether.server.cluster.node import Route
+from tether.server.cluster.placement import LOCAL, Route
 from tether.server.core import Server
 from tether.server.front import Upgrade
 from tether.server.manager import Connection
@@ -92,14 +92,14 @@ class TerminalConnection:
         self._wake.set()
 
     # ---------------------------------------------------------------- lifecycle
-    async def run(self, upgrade: Upgrade | None = None) -> None:
+    async def run(self, upgrade: Upgrade | None = None, claimed: str | None = None) -> None:
         # Admit (and start the shell) before answering the upgrade: the shell then starts up on
         # the other core while the upgrade response and the hello are written.
         # perf_counter, not the server's clock: this is a latency of the socket layer.
         started = time.perf_counter()
         upgrade = upgrade or upgrade_of(self.request)
         try:
-            connection = self.server.admit(self, upgrade)
+            connection = self.server.admit(self, upgrade, claimed=claimed)
         except Refusal as refusal:
             await self.ws.prepare(self.request)
             await self.ws.close(code=refusal.code, message=refusal.reason.encode())
@@ -276,6 +276,7 @@ async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
     if not ws.can_prepare(request).ok:
         await ws.prepare(request)  # not a WebSocket upgrade: aiohttp answers with an HTTP error
     address, upgrade = client_address(request), upgrade_of(request)
+    placed = LOCAL
     if server.cluster is not None:  # another node may own the key (docs/scaling.md)
         relayed = server.is_relay(request.headers, request.remote or "")
         placed = await server.place(address, upgrade, relayed=relayed)
@@ -291,5 +292,5 @@ async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
             upgrade = dataclasses.replace(upgrade, query=placed.query)
     connection = TerminalConnection(server, request, ws, address)
     with server.serving(connection):
-        await connection.run(upgrade)
+        await connection.run(upgrade, placed.claimed)
     return ws

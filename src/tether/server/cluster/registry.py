@@ -189,7 +189,7 @@ class RedisRegistry:
         """Claim ``key`` for this node (see :class:`ClaimOutcome`). ``takeover``: claim it even
         from a node that is lost (the caller then ends what it knows of that session)."""
         keys = [
-            self._claim_key(key),
+            self.claim_key(key),
             self._node_key(self.node),
             self._key("fence"),
             self._key(f"node-claims:{self.node}"),
@@ -212,13 +212,13 @@ class RedisRegistry:
         """Carry a claim made under an earlier registration over to ``lease`` (a node that was
         lost and registered again keeps a session nobody took meanwhile): the claim under a new
         token, or None if the key is no longer this claim's (or ``lease`` is not current)."""
-        keys = [self._claim_key(claim.key), self._node_key(self.node), self._key("fence")]
+        keys = [self.claim_key(claim.key), self._node_key(self.node), self._key("fence")]
         token = int(await self._run("RENEW_CLAIM", keys, [self.node, lease.epoch, claim.token]))
         return Claim(claim.key, self.node, lease.epoch, token) if token > 0 else None
 
     async def release(self, claim: Claim) -> bool:
         """Give the key up (its session ended here); False if it was no longer this claim's."""
-        keys = [self._claim_key(claim.key), self._key(f"node-claims:{claim.node}")]
+        keys = [self.claim_key(claim.key), self._key(f"node-claims:{claim.node}")]
         return bool(await self._run("RELEASE", keys, [claim.token, claim.key, self.prefix]))
 
     async def write(self, claim: Claim, fields: Mapping[str, str]) -> bool:
@@ -227,11 +227,11 @@ class RedisRegistry:
         if not fields or _CLAIM_FIELDS & set(fields):
             raise ValueError(f"fields must be given and not be one of {sorted(_CLAIM_FIELDS)}")
         flat = [item for pair in fields.items() for item in pair]
-        return bool(await self._run("WRITE", [self._claim_key(claim.key)], [claim.token, *flat]))
+        return bool(await self._run("WRITE", [self.claim_key(claim.key)], [claim.token, *flat]))
 
     async def lookup(self, key: str) -> Holder | None:
         """Who holds ``key`` and whether that node is up (one script: O(1))."""
-        reply = await self._run("LOOKUP", [self._claim_key(key)], [self.prefix])
+        reply = await self._run("LOOKUP", [self.claim_key(key)], [self.prefix])
         if not reply:
             return None
         state, url, flat = reply
@@ -262,18 +262,24 @@ class RedisRegistry:
         """Every claimed key on every node, with its node's state (``GET /api/sessions``)."""
         holders: list[Holder] = []
         for info in await self.nodes():
-            keys = await self._scan(self._key(f"node-claims:{info.node}"))
-            for start in range(0, len(keys), _BATCH):
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for key in keys[start : start + _BATCH]:
-                        pipe.hgetall(self._claim_key(key))
-                    with translated_errors():
-                        found = await pipe.execute()
-                for key, entry in zip(keys[start : start + _BATCH], found, strict=True):
-                    if entry.get("node") == info.node:  # not released or taken meanwhile
-                        up = info.epoch is not None and int(entry["epoch"]) == info.epoch
-                        state = NodeState.UP if up else NodeState.LOST
-                        holders.append(_holder(key, entry, state, info.url if up else ""))
+            holders += await self.claims_of(info)
+        return holders
+
+    async def claims_of(self, info: NodeInfo) -> list[Holder]:
+        """The keys one node holds, with their state (``SSCAN`` + pipelined ``HGETALL``)."""
+        holders: list[Holder] = []
+        keys = await self._scan(self._key(f"node-claims:{info.node}"))
+        for start in range(0, len(keys), _BATCH):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys[start : start + _BATCH]:
+                    pipe.hgetall(self.claim_key(key))
+                with translated_errors():
+                    found = await pipe.execute()
+            for key, entry in zip(keys[start : start + _BATCH], found, strict=True):
+                if entry.get("node") == info.node:  # not released or taken meanwhile
+                    up = info.epoch is not None and int(entry["epoch"]) == info.epoch
+                    state = NodeState.UP if up else NodeState.LOST
+                    holders.append(_holder(key, entry, state, info.url if up else ""))
         return holders
 
     async def sweep(self, node: str) -> list[str]:
@@ -300,7 +306,7 @@ class RedisRegistry:
     def _node_key(self, node: str) -> str:
         return f"{self.prefix}node:{node}"
 
-    def _claim_key(self, key: str) -> str:
+    def claim_key(self, key: str) -> str:
         return f"{self.prefix}claim:{key}"
 
 

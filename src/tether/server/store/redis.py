@@ -39,7 +39,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -49,6 +49,7 @@ from tether.errors import RegistryUnavailable
 from tether.server.store.record import SessionRecord, Tombstone
 
 DEFAULT_PREFIX = "tether:"
+Fence = tuple[str, int]  # a claim's Redis key and the token a fenced write must match
 _BATCH = 500  # keys per pipelined read and per prune step
 
 _PUT_RECORD = """
@@ -74,6 +75,10 @@ redis.call('SREM', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
 """
 
+# A fenced write (cluster mode): the script above runs only while the claim hash named by the
+# last key still holds the token given as the last argument; else nothing is written (-1).
+_FENCE = "if redis.call('HGET', KEYS[#KEYS], 'token') ~= ARGV[#ARGV] then return -1 end\n"
+
 # Drops the tombstones whose expires_at <= ARGV[1] (at most ARGV[3] of them); returns
 # {entries seen, tombstones deleted}. The sorted set's score is written with the tombstone in
 # one transaction, so a newer tombstone of a key (a later score) is never dropped here.
@@ -98,16 +103,25 @@ return 0
 """
 
 
-def redis_client(url: str, *, timeout: float = 1.0) -> Redis:
+def redis_client(url: str, *, timeout: float = 1.0, pool_size: int | None = None) -> Redis:
     """A client for :class:`RedisStore` and the cluster registry: strings in and out, every
-    operation bounded by ``timeout`` seconds, no silent retries (the caller decides)."""
-    return Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
+    operation bounded by ``timeout`` seconds, no silent retries (the caller decides).
+
+    ``pool_size``: at most that many connections, an operation waiting up to ``timeout`` for a
+    free one (a cluster node: a fixed number of sockets however many clients connect at once).
+    """
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if pool_size is None:
+        return Redis.from_url(url, **options)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=pool_size, timeout=timeout, **options
     )
+    return Redis(connection_pool=pool)
 
 
 @contextlib.contextmanager
@@ -140,20 +154,37 @@ class RedisStore:
         self.prefix = prefix
         self._put_record = client.register_script(_PUT_RECORD)
         self._remove_record = client.register_script(_REMOVE_RECORD)
+        self._put_record_fenced = client.register_script(_FENCE + _PUT_RECORD)
+        self._remove_record_fenced = client.register_script(_FENCE + _REMOVE_RECORD)
         self._prune = client.register_script(_PRUNE)
         self._drop_if_expired = client.register_script(_DROP_IF_EXPIRED)
 
     # ------------------------------------------------------------------ records
     async def put_record(self, record: SessionRecord) -> None:
+        await self.put_record_fenced(record, None)
+
+    async def put_record_fenced(self, record: SessionRecord, fence: Fence | None) -> bool:
+        """Write the record; with ``fence`` (a claim's hash and token), only while that claim
+        holds that token (False: a newer owner holds the key, nothing was written)."""
         keys = [
             self._record_key(record.key),
             self._index(),
             self._index("owner", record.owner),
             self._index("project", record.project),
         ]
-        args = [_dump(record.to_dict()), record.owner, record.project, record.key, self.prefix]
+        args: list[Any] = [
+            _dump(record.to_dict()),
+            record.owner,
+            record.project,
+            record.key,
+            self.prefix,
+        ]
         with translated_errors():
-            await self._put_record(keys=keys, args=args)
+            if fence is None:
+                await self._put_record(keys=keys, args=args)
+                return True
+            done = await self._put_record_fenced(keys=[*keys, fence[0]], args=[*args, fence[1]])
+        return int(done) != -1
 
     async def get_record(self, key: str) -> SessionRecord | None:
         with translated_errors():
@@ -161,9 +192,19 @@ class RedisStore:
         return None if data is None else SessionRecord.from_dict(json.loads(data))
 
     async def remove_record(self, key: str) -> None:
+        await self.remove_record_fenced(key, None)
+
+    async def remove_record_fenced(self, key: str, fence: Fence | None) -> bool:
+        """Forget the record; with ``fence``, only while that claim holds that token."""
         keys = [self._record_key(key), self._index()]
         with translated_errors():
-            await self._remove_record(keys=keys, args=[key, self.prefix])
+            if fence is None:
+                await self._remove_record(keys=keys, args=[key, self.prefix])
+                return True
+            done = await self._remove_record_fenced(
+                keys=[*keys, fence[0]], args=[key, self.prefix, fence[1]]
+            )
+        return int(done) != -1
 
     async def list_records(
         self, *, owner: str | None = None, project: str | None = None
