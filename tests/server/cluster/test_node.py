@@ -243,3 +243,33 @@ async def test_record_writes_are_fenced_by_the_claim(nodes: list[Node]) -> None:
     await alpha.cluster.fenced_store.remove_record(mine.key)
     assert alpha.cluster.fenced_store.refused == 2
     assert await beta.cluster.store.get_record(mine.key) == newer
+
+
+async def test_a_successor_process_takes_the_node_over_without_a_lost_moment(
+    server: RedisServer,
+) -> None:
+    """Restart survival: a new process of node alpha that adopted alpha's sessions joins at
+    once (alpha's registration is still live) and holds their claims under its epoch; the
+    claims never read lost, and the old process's tokens no longer count."""
+    prefix = f"node-test-{next(_prefixes)}:"
+    old = await Node(server, "alpha", prefix).join()
+    beta = await Node(server, "beta", prefix).join()
+    new = Node(server, "alpha", prefix)
+    try:
+        await old.place(KEY)
+        old_claim = old.cluster.claims[KEY]
+        for task in old.cluster._tasks:  # the old process is gone (exec, crash)
+            task.cancel()
+        new.sessions[KEY] = object()  # adopted from the old process
+        started = time.monotonic()
+        await new.join()
+        assert time.monotonic() - started < 0.5  # no wait for the old lease to expire
+        holder = await beta.cluster.registry.lookup(KEY)
+        assert holder is not None and holder.state is NodeState.UP and holder.node == "alpha"
+        assert new.cluster.claims[KEY].token > old_claim.token
+        assert not await beta.cluster.registry.release(old_claim)  # fenced out
+        assert new.fenced == []
+    finally:
+        await new.cluster.stop()
+        await beta.cluster.stop()
+        await old.cluster.client.aclose(close_connection_pool=True)

@@ -37,6 +37,7 @@ from tether.server.store.redis import DEFAULT_PREFIX, require_decoded, translate
 _BATCH = 500
 _SCRIPTS = [
     "REGISTER",
+    "SUCCEED",
     "RENEW",
     "DEREGISTER",
     "CLAIM",
@@ -141,6 +142,25 @@ class RedisRegistry:
         if not done:
             return max(0, int(pttl)) / 1000
         return NodeLease(self.settings, int(epoch), sent_at)
+
+    async def succeed(self, keys: list[str]) -> tuple[NodeLease, dict[str, Claim]]:
+        """Register as the successor of this node id's previous process (restart survival),
+        carrying over its claims of ``keys`` atomically: the new lease, and the claims kept."""
+        sent_at = self.clock.monotonic()
+        script_keys = [
+            self._node_key(self.node),
+            self._key("nodes"),
+            self._key("epochs"),
+            self._key("fence"),
+        ]
+        args = [self.node, self.url, self.settings.lease_ms, repr(self.clock.time()), self.prefix]
+        epoch, flat = await self._run("SUCCEED", script_keys, [*args, *keys])
+        lease = NodeLease(self.settings, int(epoch), sent_at)
+        kept = {
+            key: Claim(key, self.node, lease.epoch, int(token))
+            for key, token in zip(flat[::2], flat[1::2], strict=True)
+        }
+        return lease, kept
 
     async def renew(self, lease: NodeLease) -> Renewal:
         """Renew the lease (one ``PEXPIRE``); on success ``lease`` is extended from the moment

@@ -10,6 +10,12 @@ Contracts (what :mod:`tether.server.cluster.registry` relies on):
     The node key exists: ``{0, its epoch, its PTTL}`` (a live node has this id; nothing written).
     Otherwise a new epoch from ``INCR epochs``, the node hash with ``PX lease_ms``, the id added
     to ``nodes``: ``{1, epoch, 0}``.
+``SUCCEED``   KEYS node, nodes, epochs, fence · ARGV node, url, lease_ms, since, P, key, …
+    A new process of a live node (restart survival: it adopted the sessions ``key, …``) takes
+    the node id over at once: a new epoch and lease, whatever registration held the id, and each
+    given key still claimed by this node id moves to the new epoch under a new token, in the
+    same script, so that no other node ever reads those claims as lost. ``{epoch, {key, token,
+    …}}`` (keys another node took, or nobody holds, are not in the list).
 ``RENEW``     KEYS node, nodes · ARGV epoch, lease_ms, node
     ``1`` and ``PEXPIRE`` (and the id in ``nodes`` again, should a sweep have forgotten it) when
     the node key holds this epoch; ``0`` when the key is gone (the lease
@@ -49,6 +55,26 @@ redis.call('HSET', KEYS[1], 'epoch', epoch, 'url', ARGV[2], 'since', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 return {1, epoch, 0}
+"""
+
+SUCCEED = """
+local old = redis.call('HGET', KEYS[1], 'epoch')
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'url', ARGV[2], 'since', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+local kept = {}
+for i = 6, #ARGV do
+  local claim = ARGV[5] .. 'claim:' .. ARGV[i]
+  if redis.call('HGET', claim, 'node') == ARGV[1] then
+    local token = redis.call('INCR', KEYS[4])
+    redis.call('HSET', claim, 'epoch', epoch, 'token', token)
+    kept[#kept + 1] = ARGV[i]
+    kept[#kept + 1] = token
+  end
+end
+return {epoch, kept}
 """
 
 RENEW = """
