@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.support.redis import RedisServer
 from tests.support.server import ServerProcess
 
-from tether.server.cluster import LeaseSettings, RedisRegistry
+from tether.server.cluster.lease import LeaseSettings
+from tether.server.cluster.registry import RedisRegistry
 from tether.server.store.redis import redis_client
 from tether.tools.proxy import TcpProxy
 

@@ -7,6 +7,9 @@ front and the core importing each other), including imports made only for type c
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import grimp
 
 _PACKAGE = "tether"
@@ -74,3 +77,13 @@ def test_the_tree_shows_the_layers() -> None:
         m for m in core if "aiohttp" in graph.find_modules_directly_imported_by(m)
     }
     assert importers_of_aiohttp == set()
+
+
+def test_a_server_outside_a_cluster_does_not_import_redis() -> None:
+    # Start-up time and memory, and Python 3.11.0-3.11.2, where redis-py needs a package
+    # (async-timeout) that an install made with a newer Python lacks.
+    code = (
+        "import sys, tether.cli.serve, tether.server.aiohttp_front.app;"
+        "sys.exit('redis' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

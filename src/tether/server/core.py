@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether._version import __version__
 from tether.errors import ConfigError, Refusal
@@ -22,7 +22,6 @@ from tether.protocol.messages import check_subprotocols
 from tether.protocol.storm import StormDetector
 from tether.server import auth, hostcheck, logs
 from tether.server.clock import Clock, SystemClock
-from tether.server.cluster.node import ClusterNode
 from tether.server.cluster.placement import LOCAL, Placement
 from tether.server.config import Settings
 from tether.server.front import Front, Upgrade
@@ -34,6 +33,9 @@ from tether.server.pty import process_rss_bytes
 from tether.server.session import SessionState
 from tether.server.store import SessionStore
 from tether.server.upgrade import Upgrader
+
+if TYPE_CHECKING:  # redis is imported only by a server that joins a cluster
+    from tether.server.cluster.node import ClusterNode
 
 LOGIN_FAILURE_WINDOW = 60.0  # seconds: max_login_failures per address within it
 
@@ -60,9 +62,11 @@ class Server:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         # With --redis-url: this node's membership; the store is then the shared Redis one.
-        self.cluster = (
-            ClusterNode.from_settings(settings, self.clock) if settings.redis_url else None
-        )
+        self.cluster: ClusterNode | None = None
+        if settings.redis_url:
+            from tether.server.cluster.node import ClusterNode  # redis: only in a cluster
+
+            self.cluster = ClusterNode.from_settings(settings, self.clock)
         if self.cluster is not None and store is None:
             store = self.cluster.fenced_store  # records written only while the key is ours
         self.manager = SessionManager(

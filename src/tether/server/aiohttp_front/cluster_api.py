@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -22,10 +22,12 @@ from tether.errors import RegistryUnavailable
 from tether.server.aiohttp_front.context import client_address, server_of
 from tether.server.aiohttp_front.forward import SESSION_KEY
 from tether.server.cluster.lease import NodeState
-from tether.server.cluster.node import ClusterNode
-from tether.server.cluster.registry import Holder
 from tether.server.state import EndReason
 from tether.server.store.record import SessionRecord, Tombstone
+
+if TYPE_CHECKING:  # redis is imported only by a server that joins a cluster
+    from tether.server.cluster.node import ClusterNode
+    from tether.server.cluster.registry import Holder
 
 _PASSED = ("Authorization", "Cookie", "Host")
 PEER_TIMEOUT = 5.0

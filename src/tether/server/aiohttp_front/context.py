@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tether.server.cluster.node import CLIENT_HEADER
+from tether.server.cluster.placement import CLIENT_HEADER
 from tether.server.core import Server
 from tether.server.front import Upgrade
 from tether.server.identity import Identity

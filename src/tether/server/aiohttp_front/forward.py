@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import aiohttp
@@ -25,7 +26,9 @@ from aiohttp import WSMsgType, web
 from tether.errors import Refusal
 from tether.protocol.codes import CloseCode, clip_reason
 from tether.server.aiohttp_front.context import server_of, upgrade_of
-from tether.server.cluster.node import ClusterNode
+
+if TYPE_CHECKING:  # redis is imported only by a server that joins a cluster
+    from tether.server.cluster.node import ClusterNode
 
 SESSION_KEY = web.AppKey("relay_session", aiohttp.ClientSession)
 # The owner answers an upgrade in milliseconds (a new shell included); one that does not

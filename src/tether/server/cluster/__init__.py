@@ -6,26 +6,5 @@ of :mod:`~tether.server.cluster.scripts`. No web framework here: forwarding betw
 to the front.
 """
 
-from tether.server.cluster.lease import LeaseSettings, NodeLease, NodeState
-from tether.server.cluster.registry import (
-    Claim,
-    ClaimOutcome,
-    ClaimResult,
-    Holder,
-    NodeInfo,
-    RedisRegistry,
-    Renewal,
-)
-
-__all__ = [
-    "Claim",
-    "ClaimOutcome",
-    "ClaimResult",
-    "Holder",
-    "LeaseSettings",
-    "NodeInfo",
-    "NodeLease",
-    "NodeState",
-    "RedisRegistry",
-    "Renewal",
-]
+# Nothing is imported here on purpose: a server that joins no cluster never imports redis
+# (tests/test_architecture.py checks it). Import from the modules themselves.

@@ -36,15 +36,22 @@ from tether.server import logs
 from tether.server.clock import Clock
 from tether.server.cluster.fenced import FencedStore
 from tether.server.cluster.lease import LeaseSettings, NodeLease, NodeState
-from tether.server.cluster.placement import LOCAL, Placement, Route, Wanted, refuse, wanted_from
+from tether.server.cluster.placement import (
+    CLIENT_HEADER,
+    LOCAL,
+    RELAY_HEADER,
+    Placement,
+    Route,
+    Wanted,
+    refuse,
+    wanted_from,
+)
 from tether.server.cluster.registry import Claim, ClaimOutcome, Holder, RedisRegistry, Renewal
 from tether.server.cluster.sweeper import NODE_LOST, Sweeper
 from tether.server.config import Settings
 from tether.server.identity import Identity
 from tether.server.store.redis import RedisStore, redis_client
 
-RELAY_HEADER = "X-Tether-Relay"  # the cluster secret, from a forwarding node
-CLIENT_HEADER = "X-Tether-Client"  # the client's address as the forwarding node saw it
 # Redis connections per node, opened at start: a fixed number of sockets (a lookup is ~0.2 ms,
 # so 8 carry tens of thousands of connects a second).
 POOL_SIZE = 8

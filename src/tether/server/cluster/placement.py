@@ -15,6 +15,9 @@ from tether.protocol.messages import parse_connect_params
 from tether.server.config import Settings
 from tether.server.identity import Identity
 
+RELAY_HEADER = "X-Tether-Relay"  # the cluster secret, from a forwarding node
+CLIENT_HEADER = "X-Tether-Client"  # the client's address as the forwarding node saw it
+
 
 class Route(enum.Enum):
     LOCAL = "local"  # admit here (the key is this node's, or newly claimed by it)
