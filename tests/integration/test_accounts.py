@@ -248,6 +248,9 @@ async def test_a_same_account_shell_cannot_read_the_server_environment(
         sys.executable, "-m", "tether", "serve", "--port", "0", "--log-file", "-",
         "--project", f"default={home}", "--shell", "bash --norc --noprofile",
         "--auth", "token", "--tokens-file", str(tokens), "--allow-same-user-shells",
+        # the worker itself: a supervisor would exec this interpreter again as alice, and the
+        # test venv's interpreter lives under root's home, closed to her
+        "--no-supervise",
     ]  # fmt: skip
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

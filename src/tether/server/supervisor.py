@@ -49,6 +49,9 @@ def should_supervise(settings: Settings, environ: Mapping[str, str]) -> bool:
 
 def supervise(command: Sequence[str]) -> int:
     """Run ``command`` as the worker until stopped; returns the exit status for ``tether``."""
+    # The supervisor holds the same environment (secrets) as the worker: same-account shells
+    # must not read it either (the worker, once exec'ed, makes itself non-dumpable again).
+    pty.make_undumpable()
     return Supervisor(command).run()
 
 
