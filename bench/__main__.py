@@ -54,7 +54,9 @@ FIGURES = {
 async def run_workload(
     name: str, workload: Any, target_name: str, sizes: dict[str, int], args: argparse.Namespace
 ) -> dict[str, Any]:
-    target = make_target(target_name, shell=args.shell, baseline_python=args.baseline_python)
+    pythons = dict(item.split("=", 1) for item in args.python)
+    extra = {n: tuple(a.split()) for n, a in (item.split("=", 1) for item in args.serve_args)}
+    target = make_target(target_name, shell=args.shell, pythons=pythons, extra_args=extra)
     await target.start()
     try:
         kwargs = {k: v for k, v in sizes.items() if k in workload.__code__.co_varnames}
@@ -94,7 +96,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     medians, targets = result["medians"], list(result["medians"])
-    others = [t for t in ("baseline", "terminado", "pty") if t in targets and "tether" in targets]
+    others = [t for t in targets if t != "tether"] if "tether" in targets else []
     header = "| workload | " + " | ".join(targets + [f"tether ÷ {o}" for o in others]) + " |"
     lines = [header, "|" + "---|" * (len(targets) + len(others) + 1)]
     for key, (label, unit, _) in FIGURES.items():
@@ -151,12 +153,21 @@ def plot(result: dict[str, Any], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--targets", default="tether,terminado,pty", help="tether, baseline, terminado, pty"
+        "--targets", default="tether,terminado,pty", help="tether, terminado, pty, or a NAME below"
     )
     parser.add_argument(
-        "--baseline-python",
-        default="",
-        help="the python of a venv with an older tether (bench/baseline.sh makes one)",
+        "--python",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a target NAME: tether run by another venv's python (bench/baseline.sh makes one)",
+    )
+    parser.add_argument(
+        "--serve-args",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="a target NAME: tether with these extra serve arguments (e.g. nosup=--no-supervise)",
     )
     parser.add_argument("--runs", type=int, default=3, help="runs of the light workloads")
     parser.add_argument("--heavy-runs", type=int, default=1, help="runs of the heavy workloads")

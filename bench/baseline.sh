@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install tether as it was at REV into its own git worktree and venv, for side-by-side benchmarks:
 #   bench/baseline.sh REV [DIR]      (DIR defaults to /tmp/tether-baseline)
-# then: .venv/bin/python -m bench --targets tether,baseline --baseline-python DIR/.venv/bin/python
+# then: .venv/bin/python -m bench --targets tether,old --python old=DIR/.venv/bin/python
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/baseline.sh REV [DIR]}

@@ -168,7 +168,9 @@ class Target:
 class TetherTarget(Target):
     name = "tether"
 
-    def __init__(self, *args: str, shell: str = SHELL, python: str | None = None) -> None:
+    def __init__(
+        self, *args: str, shell: str = SHELL, python: str | None = None, name: str = "tether"
+    ) -> None:
         # The per-key storm rule (10 attempts in 10 s) would refuse the bench's 30 re-attaches of
         # one session: raised, the same checks still run on every connect.
         limits = ("--max-sessions", "5000", "--idle-timeout", "3600", "--storm-threshold", "100000")
@@ -177,14 +179,19 @@ class TetherTarget(Target):
         self.http: aiohttp.ClientSession | None = None
         self.url = ""
         self.python = python
-        if python is not None:
-            self.name = "baseline"
+        self.name = name
+        self.worker_pid: int | None = None
 
     async def start(self) -> None:
         self.server = EmbeddedServer(*self.args, python=self.python)
         await self.server.start()
         self.url = websocket_url(self.server.base_url)
         self.http = new_http()
+        # Under a supervisor the serving process is its child: count the worker's CPU and memory
+        # (/stats/sessions names it; an older server that does not is its own worker).
+        async with self.http.get(self.server.base_url + "/stats/sessions") as response:
+            stats = await response.json()
+        self.worker_pid = int(stats.get("server", {}).get("pid") or self.server.pid or 0)
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -203,8 +210,8 @@ class TetherTarget(Target):
         return TetherLink(wire), params["session"]
 
     def process(self) -> psutil.Process:
-        assert self.server is not None and self.server.pid is not None
-        return psutil.Process(self.server.pid)
+        assert self.worker_pid
+        return psutil.Process(self.worker_pid)
 
 
 class TerminadoTarget(Target):
@@ -289,15 +296,18 @@ class PtyTarget(Target):
 
 
 def make_target(
-    name: str, tether_args: tuple[str, ...] = (), shell: str = SHELL, baseline_python: str = ""
+    name: str,
+    tether_args: tuple[str, ...] = (),
+    shell: str = SHELL,
+    pythons: dict[str, str] | None = None,
+    extra_args: dict[str, tuple[str, ...]] | None = None,
 ) -> Target:
-    if name == "tether":
-        return TetherTarget(*tether_args, shell=shell)
-    if name == "baseline":
-        # tether as installed in another venv (bench/baseline.sh): the code before a change.
-        if not baseline_python:
-            raise ValueError("the baseline target needs --baseline-python (see bench/baseline.sh)")
-        return TetherTarget(*tether_args, shell=shell, python=baseline_python)
+    """``tether``, ``terminado``, ``pty``, or a tether variant named by ``--python NAME=PATH``
+    (another venv's tether: bench/baseline.sh) and/or ``--serve-args NAME=ARGS``."""
+    pythons, extra_args = pythons or {}, extra_args or {}
+    if name == "tether" or name in pythons or name in extra_args:
+        args = (*tether_args, *extra_args.get(name, ()))
+        return TetherTarget(*args, shell=shell, python=pythons.get(name), name=name)
     if name == "terminado":
         return TerminadoTarget(shell)
     if name == "pty":
