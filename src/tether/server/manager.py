@@ -54,6 +54,8 @@ from tether.server.store import (
 
 EventListener = Callable[..., None]
 RECORD_INTERVAL = 1.0  # seconds between sweeps for session changes the manager does not see
+
+
 @functools.lru_cache(maxsize=4096)
 def is_loopback(address: str) -> bool:
     """Exactly a loopback address (``::1abc`` is not); cached: it is asked on every connect."""
