@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 LISTEN_FDS_START = 3
 _MAX_FDS_PER_MESSAGE = 253  # SCM_MAX_FD
 _MAX_DATAGRAM = 4096
+LEASE_VARIABLE = "X_TETHER_LEASE"
 
 
 # ----------------------------------------------------------------------------- service side
@@ -90,6 +91,9 @@ class FdStore:
 
     entries: list[tuple[str, int]] = field(default_factory=list)
     ready: bool = False
+    # tether's own variable (systemd ignores unknown ones): the worker's cluster lease, as
+    # sent (:mod:`tether.server.supervisor` keeps it alive while no worker is ready)
+    lease_reports: list[str] = field(default_factory=list)
 
     def receive(self, sock: socket.socket) -> None:
         """Handle every notification waiting on ``sock`` (non-blocking)."""
@@ -107,6 +111,8 @@ class FdStore:
         name = fields.get("FDNAME", "stored")
         if fields.get("READY") == "1":
             self.ready = True
+        if LEASE_VARIABLE in fields:
+            self.lease_reports.append(fields[LEASE_VARIABLE])
         if fields.get("FDSTOREREMOVE") == "1":
             self.discard(name)
         if fields.get("FDSTORE") == "1" and ":" not in name:

@@ -12,15 +12,22 @@ managed (``$NOTIFY_SOCKET`` set: systemd, or this supervisor's own worker). It
 - restarts a worker that died of a signal or an unexpected exit, at once (then backing off),
   handing it the stored fds as ``LISTEN_FDS``/``LISTEN_FDNAMES``;
 - on SIGTERM or SIGINT tells the worker to drain and stop (SIGTERM), waits, and exits with its
-  status; SIGHUP and SIGUSR2 are passed on to the worker (reload, upgrade in place).
+  status; SIGHUP and SIGUSR2 are passed on to the worker (reload, upgrade in place);
+- in a cluster, keeps the node's lease alive while no worker is ready (:class:`LeaseKeeper`): a
+  worker reports its registration (``X_TETHER_LEASE=``, a tether-specific notification) and
+  renews it itself while it runs; between its death and the next worker's ``READY=1`` the
+  supervisor renews it with the same ``RENEW`` script, so that a crash is not a node loss.
+  redis is imported only once a lease is reported (never outside a cluster).
 
-It imports nothing of the server beyond the fd-store protocol: it holds on while the code on
-disk changes under it (an upgrade replaces the worker, never the supervisor).
+It imports nothing of the server beyond the fd-store protocol (and, once a lease is reported,
+the text of the registry's scripts): it holds on while the code on disk changes under it (an
+upgrade replaces the worker, never the supervisor).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import select
@@ -28,12 +35,20 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from tether.server import fdstore, pty
 from tether.server.config import Settings
 
+if TYPE_CHECKING:  # redis is imported only once a worker reports a cluster lease
+    from redis import Redis
+
 SUPERVISED_ENV = "TETHER_SUPERVISED"
+# Seconds added before restarting a crashed worker: for tests that keep a worker down longer
+# than a cluster lease (docs/scaling.md, failure table); 0 (restart at once) otherwise.
+RESTART_DELAY_ENV = "TETHER_SUPERVISOR_RESTART_DELAY"
 _FORWARDED = (signal.SIGHUP, signal.SIGUSR2)
 _STOPPING = (signal.SIGTERM, signal.SIGINT)
 _MAX_QUICK_FAILURES = 5  # workers dying before READY=1 in a row: give up
@@ -65,6 +80,8 @@ class Supervisor:
         self._signals: list[int] = []
         self._quick_failures = 0
         self._restart_at: float | None = None
+        self.restart_delay = _restart_delay(os.environ)
+        self.keeper = LeaseKeeper()
         name = f"tether-supervisor-{os.getpid()}-{secrets.token_hex(6)}"
         self.notify_path = "@" + name
         self.sock = fdstore.server_socket(name)
@@ -86,6 +103,7 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             os.close(wake_read)
             os.close(wake_write)
+            self.keeper.close()
             self.store.close()  # the shells left (if any) hang up: their masters are gone
             self.sock.close()
             self._reap()
@@ -97,8 +115,12 @@ class Supervisor:
 
     def _wait(self, wake_read: int) -> None:
         timeout = _TICK
+        now = time.monotonic()
         if self._restart_at is not None:
-            timeout = max(0.0, min(timeout, self._restart_at - time.monotonic()))
+            timeout = max(0.0, min(timeout, self._restart_at - now))
+        renew_at = self.keeper.next_renewal()
+        if renew_at is not None and not self._worker_ready():
+            timeout = max(0.0, min(timeout, renew_at - now))
         readable, _, _ = select.select([self.sock.fileno(), wake_read], [], [], timeout)
         if wake_read in readable:
             with contextlib.suppress(BlockingIOError):
@@ -108,6 +130,9 @@ class Supervisor:
             self.store.receive(self.sock)
             if self.store.ready:
                 self._quick_failures = 0
+            reports, self.store.lease_reports = self.store.lease_reports, []
+            for report in reports:
+                self.keeper.report(report, time.monotonic())
 
     def _handle_signals(self) -> None:
         pending, self._signals = self._signals, []
@@ -137,11 +162,20 @@ class Supervisor:
                 self._worker_ended(status)
 
     def _tick(self) -> None:
-        """Periodic work. Issue 14: the cluster lease renewal moves here (the supervisor
-        outlives the worker, so a crash does not lose the node's lease)."""
+        """Periodic work: the restart when due, and the cluster lease while no worker is ready
+        (the supervisor outlives the worker, so a crash does not lose the node's lease)."""
+        now = time.monotonic()
+        if self._worker_ready():
+            self.keeper.close()  # no connection to Redis kept while the worker renews
+        elif self.keeper.due(now, worker_ready=False, stopping=self.stopping):
+            self.keeper.renew(now)
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_at = None
             self._start_worker()
+
+    def _worker_ready(self) -> bool:
+        """A worker runs and has said ``READY=1``: it renews the lease itself."""
+        return self.worker is not None and self.store.ready
 
     # ----------------------------------------------------------------- the worker
     def _start_worker(self) -> None:
@@ -175,8 +209,181 @@ class Supervisor:
             return
         why = f"signal {-code}" if code < 0 else f"exit status {code}"
         delay = 0.0 if ready else min(_MAX_BACKOFF, 0.1 * 2**self._quick_failures)
+        delay += self.restart_delay
         _say(f"server process {pid} died ({why}): restarting it; the sessions are kept")
         self._restart_at = time.monotonic() + delay
+
+
+def _restart_delay(environ: Mapping[str, str]) -> float:
+    try:
+        return max(0.0, float(environ.get(RESTART_DELAY_ENV, "0")))
+    except ValueError:
+        return 0.0
+
+
+# ----------------------------------------------------------------------------- cluster lease
+@dataclass(frozen=True)
+class ReportedLease:
+    """A worker's cluster registration, as it reports it (``X_TETHER_LEASE=`` + JSON): what the
+    supervisor needs to renew it with the registry's ``RENEW`` script."""
+
+    node: str
+    epoch: int
+    redis_url: str
+    prefix: str
+    lease_ms: int
+    renew_every: float
+    timeout: float
+
+    def line(self) -> str:
+        fields = {
+            "node": self.node,
+            "epoch": self.epoch,
+            "redis_url": self.redis_url,
+            "prefix": self.prefix,
+            "lease_ms": self.lease_ms,
+            "renew_every": self.renew_every,
+            "timeout": self.timeout,
+        }
+        return f"{fdstore.LEASE_VARIABLE}={json.dumps(fields, separators=(',', ':'))}"
+
+    @classmethod
+    def parse(cls, value: str) -> ReportedLease | None:
+        """The lease of a report's value (None: not one; a stray sender, a garbled line)."""
+        try:
+            fields = json.loads(value)
+            lease = cls(
+                node=str(fields["node"]),
+                epoch=int(fields["epoch"]),
+                redis_url=str(fields["redis_url"]),
+                prefix=str(fields["prefix"]),
+                lease_ms=int(fields["lease_ms"]),
+                renew_every=float(fields["renew_every"]),
+                timeout=float(fields["timeout"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        if lease.renew_every <= 0 or lease.timeout <= 0 or lease.lease_ms <= 0:
+            return None
+        return lease
+
+
+def report_lease(lease: ReportedLease, environ: Mapping[str, str] = os.environ) -> bool:
+    """The worker's side: tell this supervisor the lease to keep while the worker is down (sent
+    after each registration). Not sent under systemd: there is no supervisor there."""
+    if environ.get(SUPERVISED_ENV) != "1":
+        return False
+    return fdstore.notify(lease.line(), environ=environ)
+
+
+def renewal_due(
+    lease: ReportedLease | None,
+    last_renewal: float,
+    now: float,
+    *,
+    worker_ready: bool,
+    stopping: bool,
+) -> bool:
+    """Whether the supervisor renews the lease now: one is known, no ready worker renews it
+    (dead, or restarting and not yet ``READY=1``), the supervisor is not stopping (the worker
+    deregisters), and ``renew_every`` has passed since the last renewal or report (so that
+    the node sends at most one renewal per ``renew_every``)."""
+    if lease is None or worker_ready or stopping:
+        return False
+    return now >= last_renewal + lease.renew_every
+
+
+RenewScript = Callable[..., Any]
+
+
+class LeaseKeeper:
+    """The supervisor's hold on the node's lease (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.lease: ReportedLease | None = None
+        self.renewed_at = 0.0  # when the lease was last renewed or reported (monotonic)
+        self.renewals = 0
+        self._client: Redis | None = None
+        self._script: RenewScript | None = None
+        self._failing = False
+        self._announced = False  # said once per stretch without a ready worker
+
+    def report(self, value: str, now: float) -> None:
+        """A worker registered (or took the node id over, or registered again)."""
+        lease = ReportedLease.parse(value)
+        if lease is None:
+            return
+        if self.lease is not None and self.lease.redis_url != lease.redis_url:
+            self.close()
+        self.lease, self.renewed_at = lease, now
+        self._announced = False
+
+    def due(self, now: float, *, worker_ready: bool, stopping: bool) -> bool:
+        return renewal_due(
+            self.lease, self.renewed_at, now, worker_ready=worker_ready, stopping=stopping
+        )
+
+    def next_renewal(self) -> float | None:
+        return None if self.lease is None else self.renewed_at + self.lease.renew_every
+
+    def renew(self, now: float) -> None:
+        """One ``RENEW``; a lost or replaced lease is given up (the next worker registers again
+        or takes the node id over); Redis unreachable: tried again after ``renew_every``."""
+        lease = self.lease
+        assert lease is not None
+        self.renewed_at = now
+        from redis.exceptions import RedisError
+
+        try:
+            found = int(self._renew_script(lease)(keys=self._keys(lease), args=self._args(lease)))
+        except (RedisError, OSError) as error:
+            if not self._failing:
+                _say(f"cluster lease of node {lease.node} not renewed: {error}")
+            self._failing = True
+            return
+        self._failing = False
+        if found == 1:
+            if not self._announced:
+                _say(f"server process down: keeping the cluster lease of node {lease.node}")
+            self._announced = True
+            self.renewals += 1
+            return
+        why = "lost" if found == 0 else "replaced"
+        _say(f"cluster lease of node {lease.node} {why}: no longer renewed here")
+        self.lease = None
+        self.close()
+
+    def _renew_script(self, lease: ReportedLease) -> RenewScript:
+        if self._script is None:
+            from redis import Redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            from tether.server.cluster import scripts
+
+            self._client = Redis.from_url(
+                lease.redis_url,
+                decode_responses=True,
+                socket_timeout=lease.timeout,
+                socket_connect_timeout=lease.timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._script = self._client.register_script(scripts.RENEW)
+        return self._script
+
+    @staticmethod
+    def _keys(lease: ReportedLease) -> list[str]:
+        return [f"{lease.prefix}node:{lease.node}", f"{lease.prefix}nodes"]
+
+    @staticmethod
+    def _args(lease: ReportedLease) -> list[Any]:
+        return [lease.epoch, lease.lease_ms, lease.node]
+
+    def close(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+        self._client, self._script = None, None
 
 
 def _say(line: str) -> None:

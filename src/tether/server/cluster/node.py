@@ -12,7 +12,9 @@ set. Before a connection is admitted the front asks :meth:`ClusterNode.place` wh
   the owner's session count is checked (``SCARD``, the per-owner limit across nodes);
 - Redis unreachable → 1013 with a reason for anything that needs the registry.
 
-The node renews its lease every ``renew_every``; when the lease is lost it registers again and
+After each registration (and ``SUCCEED``) the node reports its lease to ``tether serve``'s
+supervisor, which renews it while this process is down (crashed, restarting). The node renews
+its lease every ``renew_every``; when the lease is lost it registers again and
 carries over the claims nobody took (:meth:`RedisRegistry.renew_claim`); the sessions whose keys
 another node took are ended here with 4004 (fenced: ``docs/scaling.md``). A session that ends
 releases its claim; shutdown releases them all and deregisters.
@@ -51,6 +53,7 @@ from tether.server.cluster.sweeper import NODE_LOST, Sweeper
 from tether.server.config import Settings
 from tether.server.identity import Identity
 from tether.server.store.redis import RedisStore, redis_client
+from tether.server.supervisor import ReportedLease, report_lease
 
 # Redis connections per node, opened at start: a fixed number of sockets (a lookup is ~0.2 ms,
 # so 8 carry tens of thousands of connects a second).
@@ -178,6 +181,7 @@ class ClusterNode:
             self._note_unavailable(error)
             await self._register()
             return
+        self._report_lease()
         self.claims.update(kept)
         for key, session in self._sessions().items():
             if key in kept:
@@ -210,6 +214,7 @@ class ClusterNode:
             if isinstance(found, NodeLease):
                 self.lease = found
                 self._note_available()
+                self._report_lease()
                 return
             await self.clock.sleep(min(max(found, 0.01), self.lease_settings.renew_every))
 
@@ -273,6 +278,21 @@ class ClusterNode:
         owner = self._owners.get(claim.key, "")
         result = await self.registry.claim(claim.key, self.lease, owner=owner)
         return result.claim
+
+    def _report_lease(self) -> None:
+        """Tell the supervisor (``tether serve``'s, not systemd) this registration: it renews
+        it while this process is down, so that a crash is not a node loss."""
+        assert self.lease is not None and self.settings.redis_url is not None
+        report = ReportedLease(
+            node=self.node_id,
+            epoch=self.lease.epoch,
+            redis_url=self.settings.redis_url,
+            prefix=self.settings.cluster_prefix,
+            lease_ms=self.lease_settings.lease_ms,
+            renew_every=self.lease_settings.renew_every,
+            timeout=self.lease_settings.timeout,
+        )
+        report_lease(report)
 
     def _fence_for(self, key: str) -> tuple[str, int] | None:
         """This node's claim of ``key`` as a fence for the store's writes (a claim being
