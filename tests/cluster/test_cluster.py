@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.cluster.conftest import LEASE, Cluster, reap, running_cluster
+from tests.support.server import eventually
 from tether.protocol.messages import SUBPROTOCOL
 
 pytestmark = pytest.mark.timeout(60)
@@ -175,7 +176,7 @@ async def _node_killed(cluster: Cluster) -> None:
                 listed: list[object] = (await answer.json())["sessions"]
                 return listed == []
 
-        await until(swept)
+        await eventually(swept, timeout=10.0)
         code, reason = await refused(http, cluster.ws_url(2), session=hello["session"], create=0)
         assert (code, reason) == (4004, "node lost")
     reap(shells)
@@ -186,13 +187,6 @@ async def ready(http: aiohttp.ClientSession, base_url: str) -> bool:
         return answer.status == 200
 
 
-async def until(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.05)
-
-
 async def test_redis_down_keeps_owned_sessions_and_refuses_the_rest(cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as http:
         ws, hello = await connect(http, cluster.ws_url(0), client=CLIENT)
@@ -200,7 +194,7 @@ async def test_redis_down_keeps_owned_sessions_and_refuses_the_rest(cluster: Clu
         await ws.send_bytes(b"echo before-$((1+1))\n")
         await read_until(ws, b"before-2")
         cluster.redis.stop()
-        await until(lambda: _not(ready(http, cluster.base_url(0))))
+        await eventually(lambda: _not(ready(http, cluster.base_url(0))), timeout=10.0)
 
         # Attached and reconnecting clients of the owner node keep working.
         await ws.send_bytes(b"echo during-$((2+2))\n")
@@ -218,7 +212,7 @@ async def test_redis_down_keeps_owned_sessions_and_refuses_the_rest(cluster: Clu
         # Redis comes back (empty: no persistence): the nodes register again, keep their keys.
         cluster.redis.start()
         for index in range(3):
-            await until(lambda index=index: ready(http, cluster.base_url(index)))
+            await eventually(lambda index=index: ready(http, cluster.base_url(index)), timeout=10.0)
         ws, back = await connect(http, cluster.ws_url(2), client=CLIENT, session=session, create=0)
         assert back["created"] is False and back["input_acked"] > 0
         await ws.close()
@@ -250,7 +244,7 @@ async def test_paused_node_is_lost_then_fenced_or_readopted(cluster: Cluster) ->
                 assert code in (1013, 4004), (code, reason)
                 return code == 4004 and reason == "node lost"
 
-            await until(lost, timeout=10)
+            await eventually(lost, timeout=10)
             assert time.monotonic() - paused_at < 10
             ws, again = await connect(http, cluster.ws_url(2), session="taken-while-paused")
             assert again["created"] is True  # taken over on node2
@@ -273,7 +267,7 @@ async def test_paused_node_is_lost_then_fenced_or_readopted(cluster: Cluster) ->
             await ws.close()
             return hello["key"] == kept["key"] and hello["created"] is False
 
-        await until(served, timeout=10)
+        await eventually(served, timeout=10)
         ws, moved = await connect(http, cluster.ws_url(1), session="taken-while-paused", create=0)
         assert moved["created"] is False  # node1 now forwards it to node2's shell
         await ws.close()

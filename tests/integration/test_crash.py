@@ -5,7 +5,6 @@ port, with the same shell PIDs, exact input counts and output kept in a memfd.""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import re
@@ -24,7 +23,13 @@ import aiohttp
 import pytest
 
 from tests.support.resuming import ResumingClient
-from tests.support.server import SHELL, ServerProcess, controlled_environment
+from tests.support.server import (
+    SHELL,
+    ServerProcess,
+    controlled_environment,
+    server_stats,
+    wait_generation,
+)
 from tests.support.wsclient import must_connect, strip_ansi
 from tether.server import fdstore
 
@@ -33,26 +38,9 @@ pytestmark = pytest.mark.timeout(120)
 RECOVERY_LIMIT = 10.0  # seconds: the issue's promise
 
 
-def stats(base_url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(base_url + "/stats/sessions", timeout=5) as response:
-        data: dict[str, Any] = json.load(response)
-    return data
-
-
-async def wait_generation(
-    base_url: str, generation: int, timeout: float = RECOVERY_LIMIT
-) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            facts = await asyncio.to_thread(stats, base_url)
-            if facts["server"]["generation"] >= generation:
-                return facts
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        assert loop.time() < deadline, f"generation {generation} not serving within {timeout} s"
-        await asyncio.sleep(0.05)
+async def recovered(base_url: str, generation: int) -> dict[str, Any]:
+    """Stats once ``generation`` serves, within the issue's promise (RECOVERY_LIMIT)."""
+    return await wait_generation(base_url, generation, timeout=RECOVERY_LIMIT)
 
 
 def pids_by_key(facts: dict[str, Any]) -> dict[str, int]:
@@ -68,12 +56,12 @@ async def test_sigkill_with_nothing_in_flight_is_exact() -> None:
         for index, conn in enumerate(conns):
             await conn.send(f"echo ready-{index}-$((6*7))\r")
             await conn.read_until(f"ready-{index}-42")
-        before = await asyncio.to_thread(stats, srv.base_url)
+        before = await asyncio.to_thread(server_stats, srv.base_url)
         worker = before["server"]["pid"]
         assert worker != srv.pid  # the supervisor started it
         started = time.monotonic()
         os.kill(worker, signal.SIGKILL)
-        after = await wait_generation(srv.base_url, 2)
+        after = await recovered(srv.base_url, 2)
         assert time.monotonic() - started < RECOVERY_LIMIT
         assert after["server"]["pid"] not in (worker, srv.pid)
         assert pids_by_key(after) == pids_by_key(before)
@@ -116,7 +104,7 @@ async def _kill_during_output_and_typing(kills: int, lines: int, seed: int | Non
             for client in (printer, typist):
                 await client.connect(http)
                 await client.type(b"stty -echo; PS1=''\r")
-            before = pids_by_key(await asyncio.to_thread(stats, srv.base_url))
+            before = pids_by_key(await asyncio.to_thread(server_stats, srv.base_url))
             await typist.type(b"cat > typed.txt\r")
             await printer.type(
                 f"for i in $(seq 1 {lines}); do echo line-$i; (( i % 100 )) || sleep 0.03;"
@@ -127,10 +115,10 @@ async def _kill_during_output_and_typing(kills: int, lines: int, seed: int | Non
                 for generation in range(2, 2 + kills):
                     # At a random moment, not just after a request: its answer would come in
                     # the loop iteration where the worker writes the clients' resent input.
-                    worker = (await wait_generation(srv.base_url, generation - 1))["server"]
+                    worker = (await recovered(srv.base_url, generation - 1))["server"]
                     await asyncio.sleep(rng.uniform(0.2, 0.5))
                     os.kill(worker["pid"], signal.SIGKILL)
-                await wait_generation(srv.base_url, 1 + kills)
+                await recovered(srv.base_url, 1 + kills)
 
             async def type_lines() -> None:
                 for i in range(70 * kills):
@@ -146,7 +134,7 @@ async def _kill_during_output_and_typing(kills: int, lines: int, seed: int | Non
                 type_lines(),
                 typist.run_until(b"TYPED-42", http, 30 + 3 * kills),
             )
-            after = await wait_generation(srv.base_url, 1 + kills)
+            after = await recovered(srv.base_url, 1 + kills)
             await printer.close()
             await typist.close()
         assert pids_by_key(after) == before  # every shell still there
@@ -266,13 +254,13 @@ async def test_under_systemds_protocol_the_fd_store_brings_sessions_back(
     for conn in conns:
         await conn.send("echo stored-$((6*7))\r")
         await conn.read_until("stored-42")
-    before = await asyncio.to_thread(stats, base)
+    before = await asyncio.to_thread(server_stats, base)
     names = systemd.names()
     assert sum(n.startswith("pty.") for n in names) == 2
     assert sum(n.startswith("state.") for n in names) == 2
     systemd.kill()
     systemd.start()  # what Restart= does: the stored fds come back as LISTEN_FDS
-    after = await wait_generation(base, 2)
+    after = await recovered(base, 2)
     assert pids_by_key(after) == pids_by_key(before)
     resumed = await must_connect(
         systemd.srv.ws_url,
@@ -302,15 +290,15 @@ async def test_crash_then_upgrade_then_crash_keeps_everything_exact() -> None:
         conn = await must_connect(srv.ws_url, project="default", client="mixed-0001-client")
         await conn.send("echo one-$((6*7))\r")
         await conn.read_until("one-42")
-        before = await asyncio.to_thread(stats, srv.base_url)
+        before = await asyncio.to_thread(server_stats, srv.base_url)
         sent = len("echo one-$((6*7))\r")
         position = conn.position
         for generation, how in ((2, signal.SIGKILL), (3, signal.SIGUSR2), (4, signal.SIGKILL)):
-            worker = (await wait_generation(srv.base_url, generation - 1))["server"]["pid"]
+            worker = (await recovered(srv.base_url, generation - 1))["server"]["pid"]
             os.kill(worker, how)
             assert await conn.wait_closed(10) == (1012 if how == signal.SIGUSR2 else 1006)
             await conn.close()
-            facts = await wait_generation(srv.base_url, generation)
+            facts = await recovered(srv.base_url, generation)
             assert pids_by_key(facts) == pids_by_key(before)
             conn = await must_connect(
                 srv.ws_url,

@@ -21,34 +21,12 @@ import aiohttp
 import pytest
 
 from tests.support.resuming import ResumingClient
-from tests.support.server import ServerProcess, start_server
+from tests.support.server import ServerProcess, server_stats, start_server, wait_generation
 from tests.support.wsclient import must_connect, strip_ansi
 
 pytestmark = pytest.mark.timeout(120)
 
 LINES = 20000
-
-
-def stats(srv: ServerProcess) -> dict[str, Any]:
-    with urllib.request.urlopen(srv.base_url + "/stats/sessions", timeout=10) as response:
-        data: dict[str, Any] = json.load(response)
-    return data
-
-
-async def wait_generation(
-    srv: ServerProcess, generation: int, timeout: float = 30.0
-) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            facts = await asyncio.to_thread(stats, srv)
-            if facts["server"]["generation"] >= generation:
-                return facts
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        assert loop.time() < deadline, f"generation {generation} never served"
-        await asyncio.sleep(0.05)
 
 
 def pids_by_key(facts: dict[str, Any]) -> dict[str, int]:
@@ -74,7 +52,7 @@ async def test_upgrade_while_printing_and_typing_loses_and_doubles_nothing() -> 
             for client in (printer, typist):
                 await client.connect(http)
                 await client.type(b"stty -echo; PS1=''\r")
-            before = pids_by_key(stats(srv))
+            before = pids_by_key(server_stats(srv.base_url))
             await typist.type(b"cat > typed.txt\r")
             await printer.type(
                 f"for i in $(seq 1 {LINES}); do echo line-$i; (( i % 1000 )) || sleep 0.05;"
@@ -96,7 +74,7 @@ async def test_upgrade_while_printing_and_typing_loses_and_doubles_nothing() -> 
                 type_lines(),
                 typist.run_until(b"TYPED-42", http, 60),
             )
-            after = await wait_generation(srv, 2)
+            after = await wait_generation(srv.base_url, 2)
             await printer.close()
             await typist.close()
         assert after["server"]["pid"] == srv.pid
@@ -116,11 +94,11 @@ async def test_upgrade_with_200_sessions_keeps_every_shell() -> None:
             *(must_connect(srv.ws_url, project="default", client=f"many-{i:04d}-client")
               for i in range(200))
         )  # fmt: skip
-        before = pids_by_key(stats(srv))
+        before = pids_by_key(server_stats(srv.base_url))
         assert len(before) == 200
         os.kill(srv.pid, signal.SIGUSR2)
         assert {await c.wait_closed(30) for c in conns} == {1012}
-        after = await wait_generation(srv, 2)
+        after = await wait_generation(srv.base_url, 2)
         assert pids_by_key(after) == before
         resumed = await asyncio.gather(
             *(must_connect(srv.ws_url, project="default", client=f"many-{i:04d}-client",
@@ -140,7 +118,7 @@ async def test_ten_upgrades_in_a_row_leak_nothing() -> None:
             await must_connect(srv.ws_url, project="default", client=f"leak-{i:04d}-client")
             for i in range(5)
         ]
-        before = pids_by_key(stats(srv))
+        before = pids_by_key(server_stats(srv.base_url))
         counts = []
         for generation in range(2, 12):
             if generation % 3 == 0:
@@ -150,7 +128,7 @@ async def test_ten_upgrades_in_a_row_leak_nothing() -> None:
                 await asyncio.to_thread(_cli_restart, srv)
             else:
                 os.kill(srv.pid, signal.SIGUSR2)
-            facts = await wait_generation(srv, generation)
+            facts = await wait_generation(srv.base_url, generation)
             assert pids_by_key(facts) == before and facts["server"]["pid"] == srv.pid
             counts.append(await _settled_counts(srv.pid, counts[0][0] if counts else None))
         for conn in conns:
@@ -247,11 +225,11 @@ async def test_broken_code_or_config_leave_the_old_server_serving(tmp_path: Path
         await conn.send("echo still-$((6*7))\r")
         await conn.read_until("still-42")
         assert conn.close_code is None
-        assert stats(srv)["server"]["generation"] == 1
+        assert server_stats(srv.base_url)["server"]["generation"] == 1
         choose("good")
         os.kill(srv.pid, signal.SIGUSR2)
         assert await conn.wait_closed(30) == 1012
-        assert (await wait_generation(srv, 2))["server"]["pid"] == srv.pid
+        assert (await wait_generation(srv.base_url, 2))["server"]["pid"] == srv.pid
         await conn.close()
         log = srv.log_file.read_text()
         assert log.count('"upgrade"') >= 3 and "SyntaxError" in log

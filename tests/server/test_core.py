@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.server import eventually
 from tether.errors import Refusal
 from tether.server.clock import FakeClock
 from tether.server.config import build_settings
@@ -89,14 +90,6 @@ def sample(server: Server, name: str, **labels: str) -> float:
 def fake(server: Server) -> FakeClock:
     assert isinstance(server.clock, FakeClock)
     return server.clock
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
 
 
 # ----------------------------------------------------------------------------- requests

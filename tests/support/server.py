@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import json
 import os
 import select
 import shutil
@@ -16,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -264,13 +268,45 @@ async def inprocess_server(
         await asyncio.sleep(0)
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
-    """Await ``check()`` until it is truthy; fail after ``timeout`` real seconds."""
+async def eventually(
+    check: Callable[[], Any], timeout: float = 5.0, what: str = "condition never held"
+) -> Any:
+    """Ask ``check()`` (sync, or async) until its answer is truthy, and return that answer;
+    fail with ``what`` after ``timeout`` real seconds. For state another process or the loop's
+    own callbacks change, where there is no event to wait on."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "condition never held"
+    while True:
+        answer = check()
+        if inspect.isawaitable(answer):
+            answer = await answer
+        if answer:
+            return answer
+        assert loop.time() < deadline, what
         await asyncio.sleep(0.02)
+
+
+def server_stats(base_url: str) -> dict[str, Any]:
+    """``GET /stats/sessions`` (blocking: call it through ``asyncio.to_thread``)."""
+    with urllib.request.urlopen(base_url + "/stats/sessions", timeout=10) as response:
+        data: dict[str, Any] = json.load(response)
+    return data
+
+
+async def wait_generation(base_url: str, generation: int, timeout: float = 30.0) -> dict[str, Any]:
+    """The server's stats once generation ``generation`` (or a later one) serves."""
+
+    async def serving() -> dict[str, Any] | None:
+        try:
+            facts = await asyncio.to_thread(server_stats, base_url)
+        except (urllib.error.URLError, ConnectionError):
+            return None
+        return facts if facts["server"]["generation"] >= generation else None
+
+    answer: dict[str, Any] = await eventually(
+        serving, timeout, f"generation {generation} not serving within {timeout} s"
+    )
+    return answer
 
 
 @contextlib.contextmanager

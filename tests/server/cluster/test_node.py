@@ -14,11 +14,13 @@ import pytest
 
 from tests.server.test_store import record
 from tests.support.redis import RedisServer, redis_server
+from tests.support.server import eventually
 from tether.protocol.codes import CloseCode
 from tether.server.clock import SystemClock
 from tether.server.cluster.lease import NodeState
 from tether.server.cluster.node import ClusterNode
 from tether.server.cluster.placement import Placement, Route, Wanted
+from tether.server.cluster.registry import Holder
 from tether.server.config import build_settings
 from tether.server.store.record import Tombstone
 
@@ -134,10 +136,12 @@ async def test_a_lost_node_reads_lost_then_is_taken_over_and_fenced(nodes: list[
     await alpha.place(KEY)
     for task in alpha.cluster._tasks:  # alpha stops renewing: a pause, a partition
         task.cancel()
-    deadline = time.monotonic() + 5
-    while (placed := await beta.place(KEY, create=False)).route is Route.FORWARD:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+
+    async def not_forwarded() -> Placement | None:
+        placed = await beta.place(KEY, create=False)
+        return placed if placed.route is not Route.FORWARD else None
+
+    placed = await eventually(not_forwarded)
     assert placed.refusal is not None
     assert (placed.refusal.code, placed.refusal.reason) == (4004, "node lost")
     assert (await beta.place(KEY)).route is Route.LOCAL  # create=1: taken over
@@ -171,10 +175,12 @@ async def test_redis_losing_its_data_loses_no_session(server: RedisServer) -> No
     try:
         await alpha.place(KEY)
         server.restart()  # no persistence: every key is gone
-        deadline = time.monotonic() + 5
-        while (holder := await _lookup(alpha)) is None or holder.state is not NodeState.UP:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+
+        async def up_again() -> Holder | None:
+            holder = await _lookup(alpha)
+            return holder if holder is not None and holder.state is NodeState.UP else None
+
+        holder = await eventually(up_again)
         assert holder.node == "alpha" and alpha.fenced == []
         assert alpha.cluster.is_ready()
     finally:
@@ -196,10 +202,11 @@ async def test_lost_nodes_are_swept_with_tombstones(server: RedisServer) -> None
         await alpha.place(KEY)
         for task in alpha.cluster._tasks:
             task.cancel()
-        deadline = time.monotonic() + 6
-        while await beta.cluster.registry.lookup(KEY) is not None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+
+        async def swept() -> bool:
+            return await beta.cluster.registry.lookup(KEY) is None
+
+        await eventually(swept, timeout=6)
         tombstone = await beta.cluster.store.get_tombstone(KEY, time.time())
         assert tombstone is not None and (tombstone.code, tombstone.reason) == (4004, "node lost")
         refused = (await beta.place(KEY, create=False)).refusal
@@ -232,10 +239,11 @@ async def test_record_writes_are_fenced_by_the_claim(nodes: list[Node]) -> None:
     # beta takes the key over while alpha is lost; alpha's late writes are refused.
     for task in alpha.cluster._tasks:
         task.cancel()
-    deadline = time.monotonic() + 5
-    while (await beta.place(mine.key, create=False)).route is Route.FORWARD:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+
+    async def lost_to_beta() -> bool:
+        return (await beta.place(mine.key, create=False)).route is not Route.FORWARD
+
+    await eventually(lost_to_beta)
     assert (await beta.place(mine.key)).route is Route.LOCAL
     newer = record(session_id="c", project="default", pid=4242)
     await beta.cluster.fenced_store.put_record(newer)
