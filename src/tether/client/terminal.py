@@ -60,7 +60,7 @@ from tether.protocol.client import (
     ClientState,
 )
 from tether.protocol.codes import CloseCode, is_stop_code
-from tether.protocol.messages import MAX_COLS, MAX_ROWS, Exit, Pong, Rejected, Resize
+from tether.protocol.messages import MAX_COLS, MAX_ROWS, SUBPROTOCOL, Exit, Pong, Rejected, Resize
 from tether.protocol.policy import PolicyEvent, ReconnectPolicy, State
 
 __all__ = [
@@ -80,7 +80,6 @@ __all__ = [
     "websocket_url",
 ]
 
-SUBPROTOCOL = "tether.v1"
 CONNECT_TIMEOUT = 10.0
 PING_INTERVAL = 25.0
 SCREEN_RESET = b"\x1bc"

@@ -37,11 +37,10 @@ from tether.protocol.client import (
     ClientState,
 )
 from tether.protocol.codes import CloseCode
-from tether.protocol.messages import Ack, Exit, Hello, Pong, Rejected, Resize
+from tether.protocol.messages import SUBPROTOCOL, Ack, Exit, Hello, Pong, Rejected, Resize
 from tether.protocol.policy import ReconnectPolicy, State
 from tether.tools.loadkit import Recorder
 
-SUBPROTOCOL = "tether.v1"
 MARKER = b"__TETHER_LOAD_READY__\r\n"
 SETUP_COMMAND = b"echo __TETHER_LOAD_''READY__; exec cat\r"
 LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
