@@ -2,7 +2,8 @@
 // forwarded while the replay is being parsed.
 import { afterEach, beforeEach, describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { TerminalBinding, TetherConnection, stripAutomaticAnswers } from '../../web/src/tether-client.js';
+import { TetherConnection } from '../../web/packages/client/src/index.js';
+import { TerminalBinding, stripAutomaticAnswers } from '../../web/packages/client/src/terminal-binding.js';
 import { FakeTerminal, fakeWebSocketClass } from './fakes.mjs';
 
 let Socket;

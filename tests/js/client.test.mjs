@@ -2,7 +2,7 @@
 // the reconnection schedule as the client runs it, stop codes, liveness, online/visibility.
 import { afterEach, beforeEach, describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConnectionState, TetherConnection } from '../../web/src/tether-client.js';
+import { ConnectionState, TetherConnection } from '../../web/packages/client/src/index.js';
 import { fakeEnvironment, fakeWebSocketClass } from './fakes.mjs';
 
 const URL_BASE = 'ws://127.0.0.1:4001/ws/terminal';

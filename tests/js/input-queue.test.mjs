@@ -1,7 +1,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { InputQueue } from '../../web/src/client/input-queue.js';
-import { toBytes } from '../../web/src/client/input-queue.js';
+import { InputQueue } from '../../web/packages/client/src/input-queue.js';
+import { toBytes } from '../../web/packages/client/src/input-queue.js';
 
 const text = (frames) => frames.map((f) => new TextDecoder().decode(f)).join('');
 

@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import {
   BreakerState, FAILURES_TO_OPEN, MAX_BACKOFF, OPEN_SECONDS, PolicyError, PolicyState, ReconnectPolicy, backoffDelay,
-} from '../../web/src/client/policy.js';
-import { actionFor, isStopCode, retryAfterSeconds } from '../../web/src/client/close-codes.js';
+} from '../../web/packages/client/src/policy.js';
+import { actionFor, isStopCode, retryAfterSeconds } from '../../web/packages/client/src/close-codes.js';
 
 const readJson = (path) => JSON.parse(readFileSync(new URL(path, import.meta.url), 'utf8'));
 const SPEC = readJson('../vectors/reconnect_policy.json');

@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -66,6 +67,10 @@ class ServerProcess:
     # The crash-survival supervisor (docs/operations.md) is on by default in `tether serve`;
     # tests that look at the serving process's children and pid start it only when they ask.
     supervise: bool = False
+    # The `tether` to run (tests of an installed wheel); empty: this interpreter's `-m tether`.
+    program: tuple[str, ...] = ()
+    # RLIMIT_NOFILE (soft, hard) the server starts with (tests of its limits); None: ours.
+    nofile: tuple[int, int] | None = None
 
     @property
     def home(self) -> Path:
@@ -97,9 +102,7 @@ class ServerProcess:
         self.project_dir.mkdir(parents=True, exist_ok=True)
         has_project = any(a == "--project" or a.startswith("--project=") for a in self.args)
         command = [
-            sys.executable,
-            "-m",
-            "tether",
+            *(self.program or (sys.executable, "-m", "tether")),
             "serve",
             "--host",
             "127.0.0.1",
@@ -130,9 +133,14 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=self._set_nofile if self.nofile is not None else None,
         )
         self._wait_ready()
         return self
+
+    def _set_nofile(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def _wait_ready(self) -> None:
         assert self.process is not None and self.process.stdout is not None

@@ -2,8 +2,8 @@
 
 A pure state machine: no asyncio, no clock. The caller passes the time (any monotonic clock, in
 seconds) into every method and sleeps on its own until :attr:`ReconnectPolicy.retry_at`.
-``web/src/client/policy.js`` is the same machine, state names included; both run the vectors of
-``tests/vectors/reconnect_policy.json``, which are the executable form of these rules.
+``web/packages/client/src/policy.js`` is the same machine, state names included; both run the
+vectors of ``tests/vectors/reconnect_policy.json``, which are the executable form of these rules.
 
 States::
 

@@ -28,6 +28,54 @@ export const ConnectionState = Object.freeze({
   CLOSED: 'closed',
 });
 
+/** @typedef {typeof ConnectionState[keyof typeof ConnectionState]} ConnectionStateName */
+
+/**
+ * What the connection needs of a WebSocket: the browser's, or a Node implementation such as
+ * the `ws` package's.
+ * @typedef {object} WebSocketLike
+ * @property {string} binaryType
+ * @property {((event: any) => void) | null} onmessage   called with `{data}`
+ * @property {((event: any) => void) | null} onclose     called with `{code, reason}`
+ * @property {((event: any) => void) | null} onerror
+ * @property {(data: string | Uint8Array) => void} send
+ * @property {(code?: number, reason?: string) => void} close
+ */
+/** @typedef {new (url: string, protocols?: string | string[]) => WebSocketLike} WebSocketConstructor */
+
+/**
+ * The hello message (docs/protocol.md, section 3).
+ * @typedef {object} Hello
+ * @property {'hello'} type
+ * @property {string} session
+ * @property {boolean} created
+ * @property {number} replay_from
+ * @property {number} head
+ * @property {number} gap
+ * @property {number} [input_acked]
+ * @property {string} [restore]
+ */
+
+/** @typedef {{code: number | null, signal: number | null}} ExitStatus */
+/** @typedef {{state: ConnectionStateName} & Record<string, unknown>} StateInfo */
+
+/**
+ * The events of a TetherConnection and their listeners' arguments (docs/web.md, "Events").
+ * @typedef {object} ConnectionEvents
+ * @property {[info: StateInfo]} state
+ * @property {[hello: Hello]} hello
+ * @property {[bytes: Uint8Array, meta: {replay: boolean}]} output
+ * @property {[why: 'gap' | 'new-session']} reset
+ * @property {[sequences: string]} restore
+ * @property {[exit: ExitStatus]} exit
+ * @property {[milliseconds: number]} latency
+ * @property {[input: number]} ack
+ * @property {[size: {cols: number, rows: number}]} remote-resize
+ * @property {[error: {code: string, message: string}]} server-error
+ * @property {[reason: string]} protocol-error
+ * @property {[close: {code: number, reason: string, attached: boolean}]} close
+ */
+
 /** Seconds, before `timeScale` applies. */
 export const DEFAULT_TIMINGS = Object.freeze({
   connectTimeout: 10, // no hello within this: the attempt failed
@@ -46,28 +94,32 @@ export function newClientId() {
   return Array.from(bytes, (b) => CLIENT_ID_ALPHABET[b & 63]).join('');
 }
 
+/** @returns {{window: EventTarget, document: Document} | null} */
 function defaultEnvironment() {
   if (typeof window === 'undefined' || typeof document === 'undefined') return null;
   return { window, document };
 }
 
+/** @extends {Emitter<ConnectionEvents>} */
 export class TetherConnection extends Emitter {
   /**
    * @param {object} options
    * @param {string} options.url          the WebSocket endpoint, e.g. `wss://host/ws/terminal`
    * @param {string} options.project      project id
-   * @param {string} [options.session]    session id to attach to (absent: a new session)
+   * @param {string | null} [options.session] session id to attach to (absent, null: a new session)
    * @param {string} [options.clientId]   client id (default: random, one per connection object)
    * @param {number} [options.cols]       terminal size sent with each connect
    * @param {number} [options.rows]
    * @param {string} [options.token]      credential, where the server's auth is on
    * @param {boolean} [options.create]    may the first connect create a session (default: no session given)
    * @param {number} [options.timeScale]  multiplies every delay but a server's retry-after (tests: 0.01)
-   * @param {object} [options.timings]    overrides DEFAULT_TIMINGS (seconds)
+   * @param {Partial<Record<keyof typeof DEFAULT_TIMINGS, number>>} [options.timings]
+   *        overrides DEFAULT_TIMINGS (seconds)
    * @param {ReconnectPolicy} [options.policy]
-   * @param {typeof WebSocket} [options.WebSocket]
-   * @param {Function} [options.setTimeout]
-   * @param {Function} [options.clearTimeout]
+   * @param {WebSocketConstructor} [options.WebSocket] default: globalThis.WebSocket (Node 20 has
+   *        none: pass one, e.g. the `ws` package's)
+   * @param {(callback: () => void, ms: number) => unknown} [options.setTimeout]
+   * @param {(id: unknown) => void} [options.clearTimeout]
    * @param {() => number} [options.now]  milliseconds
    * @param {{window: EventTarget, document: Document} | null} [options.environment]
    *        where `online` and `visibilitychange` come from (default: the page; null: none)
@@ -78,7 +130,8 @@ export class TetherConnection extends Emitter {
     if (!options.project) throw new TypeError('TetherConnection: project is required');
     this.url = options.url;
     this.project = options.project;
-    this.session = NULLISH_SESSION.test(String(options.session ?? '')) ? null : options.session;
+    /** @type {string | null} */
+    this.session = NULLISH_SESSION.test(String(options.session ?? '')) ? null : options.session ?? null;
     this.clientId = options.clientId ?? newClientId();
     this.cols = options.cols ?? null;
     this.rows = options.rows ?? null;
@@ -86,30 +139,41 @@ export class TetherConnection extends Emitter {
     this.timeScale = options.timeScale ?? 1;
     this.policy = options.policy ?? new ReconnectPolicy({ timeScale: this.timeScale });
     this.timings = { ...DEFAULT_TIMINGS, ...options.timings };
-    /** Output bytes of the session this client holds; null before the first hello. */
+    /**
+     * Output bytes of the session this client holds; null before the first hello.
+     * @type {number | null}
+     */
     this.position = null;
     this.head = 0;
+    /** @type {Hello | null} */
     this.hello = null;
+    /** @type {ExitStatus | null} */
     this.exit = null;
+    /** @type {number | null} */
     this.latency = null;
+    /** @type {ConnectionStateName} */
     this.state = ConnectionState.IDLE;
+    /** @type {StateInfo} */
     this.stateInfo = { state: this.state };
     this._mayCreate = options.create ?? this.session === null;
     this._input = new InputQueue();
+    /** @type {WebSocketConstructor} */
     this._WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this._timers = new NamedTimers(
       options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms)),
-      options.clearTimeout ?? ((id) => globalThis.clearTimeout(id)),
+      options.clearTimeout ?? ((id) => globalThis.clearTimeout(/** @type {any} */ (id))),
     );
     this._now = options.now ?? (() => Date.now());
     this._environment = options.environment === undefined ? defaultEnvironment() : options.environment;
+    /** @type {WebSocketLike | null} */
     this._ws = null;
     this._attached = false;
+    this._listening = false;
     this._receivedCount = 0;
     this._receivedAt = 0;
     this._onOnline = () => this.nudge();
     this._onVisibility = () => {
-      if (this._environment.document.visibilityState === 'visible') this.nudge();
+      if (this._environment?.document.visibilityState === 'visible') this.nudge();
     };
   }
 
@@ -137,7 +201,11 @@ export class TetherConnection extends Emitter {
     if (this._attached) this._sendFrames([bytes]);
   }
 
-  /** The terminal's size changed. */
+  /**
+   * The terminal's size changed.
+   * @param {number} cols
+   * @param {number} rows
+   */
   resize(cols, rows) {
     this.cols = cols;
     this.rows = rows;
@@ -224,12 +292,16 @@ export class TetherConnection extends Emitter {
     try {
       ws = new this._WebSocket(this.buildUrl(), PROTOCOL);
     } catch (error) {
-      this._socketClosed(1006, String(error?.message ?? error));
+      this._socketClosed(1006, String(error instanceof Error ? error.message : error));
       return;
     }
     ws.binaryType = 'arraybuffer';
-    ws.onmessage = (event) => { if (ws === this._ws) this._receive(event.data); };
-    ws.onclose = (event) => { if (ws === this._ws) this._socketClosed(event.code, event.reason); };
+    ws.onmessage = (/** @type {{data: unknown}} */ event) => {
+      if (ws === this._ws) this._receive(event.data);
+    };
+    ws.onclose = (/** @type {{code: number, reason: string}} */ event) => {
+      if (ws === this._ws) this._socketClosed(event.code, event.reason);
+    };
     ws.onerror = () => {}; // a close event follows; the error itself says nothing more
     this._ws = ws;
     this._attached = false;
@@ -240,6 +312,7 @@ export class TetherConnection extends Emitter {
   /**
    * The server broke the protocol (a frame that is not JSON, no hello first): say so, close with
    * 1002 and resume from the position held, as the Python client does (docs/protocol.md appendix).
+   * @param {string} reason
    */
   _protocolError(reason) {
     this.emit('protocol-error', reason);
@@ -248,13 +321,20 @@ export class TetherConnection extends Emitter {
     this._socketClosed(1002, reason, attached);
   }
 
-  /** Our side gave up on the socket (timeout, no answer): treat it as lost without a close frame. */
+  /**
+   * Our side gave up on the socket (timeout, no answer): treat it as lost without a close frame.
+   * @param {string} reason
+   */
   _dropSocket(reason) {
     const attached = this._attached;
     this._closeSocket(1000, reason);
     this._socketClosed(1006, reason, attached);
   }
 
+  /**
+   * @param {number} code
+   * @param {string} reason
+   */
   _closeSocket(code, reason) {
     const ws = this._ws;
     this._resetSocketState();
@@ -273,6 +353,11 @@ export class TetherConnection extends Emitter {
     this._attached = false;
   }
 
+  /**
+   * @param {number} code
+   * @param {string} [reason]
+   * @param {boolean} [attached]
+   */
   _socketClosed(code, reason = '', attached = this._attached) {
     this._resetSocketState();
     this.emit('close', { code, reason, attached });
@@ -281,7 +366,11 @@ export class TetherConnection extends Emitter {
     this._follow(code, reason);
   }
 
-  /** Show what the policy decided after a close, and wait for its next attempt. */
+  /**
+   * Show what the policy decided after a close, and wait for its next attempt.
+   * @param {number} code
+   * @param {string} reason
+   */
   _follow(code, reason) {
     const { state, delay, attempt, failures } = this.policy;
     if (state === PolicyState.STOPPED) {
@@ -292,15 +381,20 @@ export class TetherConnection extends Emitter {
       });
       return;
     }
-    // The policy's delays are already scaled (and retry-after must not be).
-    const at = this._now() + delay * 1000;
-    this._waitForAttempt(delay * 1000);
+    // The policy's delays are already scaled (and retry-after must not be); waiting and open
+    // always have one.
+    const ms = (delay ?? 0) * 1000;
+    const at = this._now() + ms;
+    this._waitForAttempt(ms);
     this._setState(state === PolicyState.OPEN ? ConnectionState.PAUSED : ConnectionState.RECONNECTING, {
       delay, at, attempt, failures, code, reason,
     });
   }
 
-  /** The attempt timer: when it fires, the policy says whether the attempt is due. */
+  /**
+   * The attempt timer: when it fires, the policy says whether the attempt is due.
+   * @param {number} ms
+   */
   _waitForAttempt(ms) {
     this._timers.schedule('attempt', ms, () => {
       if (this.policy.onTimer(this._seconds())) {
@@ -319,6 +413,7 @@ export class TetherConnection extends Emitter {
 
   // -- receiving --------------------------------------------------------------------------
 
+  /** @param {unknown} data */
   _receive(data) {
     this._receivedCount += 1;
     this._receivedAt = this._now();
@@ -327,17 +422,20 @@ export class TetherConnection extends Emitter {
     } else if (this._attached) {
       const bytes = ArrayBuffer.isView(data)
         ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-        : new Uint8Array(data);
+        : new Uint8Array(/** @type {ArrayBuffer} */ (data));
       this._receiveOutput(bytes);
     }
   }
 
+  /** @param {Uint8Array} bytes */
   _receiveOutput(bytes) {
-    const replay = this.position < this.head;
-    this.position += bytes.length;
+    const position = this.position ?? 0; // attached: set by the hello
+    const replay = position < this.head;
+    this.position = position + bytes.length;
     this.emit('output', bytes, { replay });
   }
 
+  /** @param {string} text */
   _receiveText(text) {
     let message;
     try {
@@ -354,6 +452,7 @@ export class TetherConnection extends Emitter {
     this._receiveMessage(message);
   }
 
+  /** @param {Hello} hello */
   _receiveHello(hello) {
     this._timers.cancel('connect');
     this._attached = true;
@@ -375,6 +474,7 @@ export class TetherConnection extends Emitter {
     });
   }
 
+  /** @param {any} message a parsed JSON message */
   _receiveMessage(message) {
     switch (message?.type) {
       case 'ack':
@@ -402,6 +502,7 @@ export class TetherConnection extends Emitter {
 
   // -- sending, liveness ------------------------------------------------------------------
 
+  /** @param {Iterable<Uint8Array>} chunks */
   _sendFrames(chunks) {
     for (const chunk of chunks) {
       for (let at = 0; at < chunk.length; at += MAX_FRAME_BYTES) {
@@ -410,10 +511,12 @@ export class TetherConnection extends Emitter {
     }
   }
 
+  /** @param {object} message */
   _sendJson(message) {
     this._sendRaw(JSON.stringify(message));
   }
 
+  /** @param {string | Uint8Array} data */
   _sendRaw(data) {
     try {
       this._ws?.send(data);
@@ -451,20 +554,31 @@ export class TetherConnection extends Emitter {
     return this._now() / 1000;
   }
 
+  /**
+   * @param {ConnectionStateName} state
+   * @param {Record<string, unknown>} info
+   */
   _setState(state, info) {
     this.state = state;
     this.stateInfo = { state, ...info };
     this.emit('state', this.stateInfo);
   }
 
+  /** @param {number} seconds */
   _scaled(seconds) {
     return seconds * 1000 * this.timeScale;
   }
 
+  /**
+   * @param {string} name
+   * @param {number} seconds
+   * @param {() => void} callback
+   */
   _schedule(name, seconds, callback) {
     this._timers.schedule(name, this._scaled(seconds), callback);
   }
 
+  /** @param {boolean} on */
   _listenToEnvironment(on) {
     if (!this._environment || this._listening === on) return;
     this._listening = on;

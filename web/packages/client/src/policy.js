@@ -39,6 +39,8 @@ export const PolicyState = Object.freeze({
   STOPPED: 'stopped', // a stop code (or the user) ended reconnection for good
 });
 
+/** @typedef {typeof PolicyState[keyof typeof PolicyState]} PolicyStateName */
+
 /**
  * The breaker alone (closed, open, half_open, stopped), as `policy.breakerState` reports it.
  * @deprecated use PolicyState: `policy.state` names where the connection stands.
@@ -57,6 +59,7 @@ const EPSILON = 1e-6;
 // The inputs that report on an attempt or a connection, and the states that can have them.
 // Anything else is a caller error (PolicyError). onTimer, reconnectNow and stop are valid in
 // every state: they answer false, or do nothing, where they do not apply.
+/** @type {Record<'onConnected' | 'onAttemptFailed' | 'onLost', PolicyStateName[]>} */
 const EXPECTED = {
   onConnected: [PolicyState.CONNECTING, PolicyState.HALF_OPEN],
   onAttemptFailed: [PolicyState.CONNECTING, PolicyState.HALF_OPEN],
@@ -64,10 +67,12 @@ const EXPECTED = {
 };
 
 // Where a due (or forced) attempt starts from, and the state it starts in.
+/** @type {Map<PolicyStateName, PolicyStateName>} */
 const STARTS = new Map([[PolicyState.WAITING, PolicyState.CONNECTING], [PolicyState.OPEN, PolicyState.HALF_OPEN]]);
 
 /** The caller reported an event the current state cannot have (a bug in the caller). */
 export class PolicyError extends Error {
+  /** @param {string} message */
   constructor(message) {
     super(message);
     this.name = 'PolicyError';
@@ -85,7 +90,7 @@ export function backoffDelay(attempt) {
 
 /**
  * @typedef {object} PolicySnapshot
- * @property {string} state        a PolicyState
+ * @property {PolicyStateName} state
  * @property {number} attempt      the number k of the next (or in-flight) attempt, 0 while connected
  * @property {number} failures     consecutive failed attempts
  * @property {number | null} delay seconds to wait (scaled), in waiting and open
@@ -121,11 +126,15 @@ export class ReconnectPolicy {
     this._random = random;
     /** @type {Array<(event: PolicyEvent) => void>} */
     this._listeners = [];
+    /** @type {PolicyStateName} */
     this._state = PolicyState.CONNECTING;
     this._attempt = 0;
     this._failures = 0;
+    /** @type {number | null} */
     this._delay = null;
+    /** @type {number | null} */
     this._retryAt = null;
+    /** @type {number | null} */
     this._notBefore = null; // a server's retry-after: no attempt before it
   }
 
@@ -162,14 +171,20 @@ export class ReconnectPolicy {
     };
   }
 
-  /** The backoff before attempt k, seconds, unscaled, without retry-after or jitter. */
+  /**
+   * The backoff before attempt k, seconds, unscaled, without retry-after or jitter.
+   * @param {number} k
+   */
   backoff(k) {
     return backoffDelay(k);
   }
 
   // -- inputs ------------------------------------------------------------------------------
 
-  /** An attempt reached its hello: close the breaker and reset the counts. */
+  /**
+   * An attempt reached its hello: close the breaker and reset the counts.
+   * @param {number} now
+   */
   onConnected(now) {
     this._expect('onConnected');
     this._attempt = 0;
@@ -218,10 +233,14 @@ export class ReconnectPolicy {
     this._wait(PolicyState.WAITING, now, this._scaledBackoff(this._attempt), code, reason);
   }
 
-  /** Advance when `retryAt` has come; true when the caller must start an attempt now. */
+  /**
+   * Advance when `retryAt` has come; true when the caller must start an attempt now.
+   * @param {number} now
+   */
   onTimer(now) {
-    if (!STARTS.has(this._state) || !this._isDue(now)) return false;
-    this._enter(STARTS.get(this._state), now);
+    const next = STARTS.get(this._state);
+    if (next === undefined || !this._isDue(now)) return false;
+    this._enter(next, now);
     return true;
   }
 
@@ -229,19 +248,29 @@ export class ReconnectPolicy {
    * A user asked to reconnect: start the pending attempt early; true when one starts. While the
    * breaker is open this is its half-open trial. Nothing happens while connecting, connected,
    * stopped, or before a server's retry-after has passed.
+   * @param {number} now
    */
   reconnectNow(now) {
-    if (!STARTS.has(this._state) || this._isHeldBack(now)) return false;
-    this._enter(STARTS.get(this._state), now);
+    const next = STARTS.get(this._state);
+    if (next === undefined || this._isHeldBack(now)) return false;
+    this._enter(next, now);
     return true;
   }
 
-  /** End reconnection for good (the user closed, or the caller gives up). */
+  /**
+   * End reconnection for good (the user closed, or the caller gives up).
+   * @param {number} now
+   * @param {number | null} [code]
+   * @param {string} [reason]
+   */
   stop(now, code = null, reason = '') {
     if (this._state !== PolicyState.STOPPED) this._enter(PolicyState.STOPPED, now, { code, reason });
   }
 
-  /** Forget every failure and start a fresh first connect (a new session, a re-attach). */
+  /**
+   * Forget every failure and start a fresh first connect (a new session, a re-attach).
+   * @param {number} now
+   */
   reset(now) {
     this._attempt = 0;
     this._failures = 0;
@@ -251,11 +280,19 @@ export class ReconnectPolicy {
 
   // -- internals ---------------------------------------------------------------------------
 
+  /** @param {number} k */
   _scaledBackoff(k) {
     const delay = backoffDelay(k);
     return (this.jitter ? delay * (1 - this.jitter * this._random()) : delay) * this.timeScale;
   }
 
+  /**
+   * @param {PolicyStateName} state
+   * @param {number} now
+   * @param {number} delay
+   * @param {number | null} code
+   * @param {string} reason
+   */
   _wait(state, now, delay, code, reason) {
     // Only a close carries a server's retry-after; a refused or timed-out attempt has none.
     const retryAfter = code === null ? null : retryAfterSeconds(reason);
@@ -263,19 +300,27 @@ export class ReconnectPolicy {
     this._enter(state, now, { delay: retryAfter === null ? delay : Math.max(delay, retryAfter), code, reason });
   }
 
+  /** @param {number} now */
   _isDue(now) {
     return this._retryAt === null || now >= this._retryAt - EPSILON;
   }
 
+  /** @param {number} now */
   _isHeldBack(now) {
     return this._notBefore !== null && now < this._notBefore - EPSILON;
   }
 
+  /** @param {keyof typeof EXPECTED} input */
   _expect(input) {
     if (!EXPECTED[input].includes(this._state)) throw new PolicyError(`${input} in state ${this._state}`);
   }
 
-  /** The one place where the state changes and listeners hear of it. */
+  /**
+   * The one place where the state changes and listeners hear of it.
+   * @param {PolicyStateName} state
+   * @param {number} now
+   * @param {{delay?: number | null, code?: number | null, reason?: string}} [change]
+   */
   _enter(state, now, { delay = null, code = null, reason = '' } = {}) {
     this._state = state;
     this._delay = delay;

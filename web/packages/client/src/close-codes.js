@@ -1,8 +1,16 @@
 // What a client does after a close code: the one shared table, src/tether/protocol/close_codes.json,
-// bundled in (never copied), so that the server, the Python client and this module agree.
-import table from '../../../src/tether/protocol/close_codes.json' with { type: 'json' };
+// generated into close-codes-table.js at build (scripts/close-codes.mjs), so that the server, the
+// Python client and this module agree and the package imports nothing from outside its folder.
+import { TABLE as table } from './close-codes-table.js';
 
 /** @typedef {'stop' | 'retry' | 'retry_now'} CloseAction */
+/**
+ * @typedef {object} CloseCodeTable
+ * @property {string} [_comment]
+ * @property {Record<string, {name: string, action: CloseAction, meaning: string}>} codes
+ * @property {{from: number, to: number, action: CloseAction}[]} ranges
+ * @property {CloseAction} default_action
+ */
 
 const RETRY_AFTER = /retry-after=(\d+)/;
 

@@ -13,7 +13,12 @@ export class NamedTimers {
     this._pending = new Map();
   }
 
-  /** Run `callback` after `ms`, replacing any timer of that name. */
+  /**
+   * Run `callback` after `ms`, replacing any timer of that name.
+   * @param {string} name
+   * @param {number} ms
+   * @param {() => void} callback
+   */
   schedule(name, ms, callback) {
     this.cancel(name);
     const id = this._set(() => {
@@ -23,12 +28,14 @@ export class NamedTimers {
     this._pending.set(name, id);
   }
 
+  /** @param {string} name */
   cancel(name) {
     if (!this._pending.has(name)) return;
     this._clear(this._pending.get(name));
     this._pending.delete(name);
   }
 
+  /** @param {string} name */
   has(name) {
     return this._pending.has(name);
   }

@@ -1,5 +1,7 @@
 // TerminalBinding: wires a TetherConnection to any xterm.js-compatible terminal (one with
-// write(data, callback), onData, onBinary, onResize, cols, rows).
+// write(data, callback), onData, onBinary, onResize, cols, rows). Published as
+// '@tether/client/terminal-binding'; it imports nothing of xterm.js (the package's optional peer
+// dependency names the versions it is tested with).
 //
 // Why the replay filter: writing the replay makes the terminal parse queries the program sent
 // long ago (cursor position, device attributes, …) and the terminal answers each one through
@@ -7,6 +9,7 @@
 // answering again types junk into the shell. So while any replay write (reset, restore, replayed
 // output) is still being parsed, the terminal's automatic answers are dropped. Keys typed in that
 // moment still go through.
+import { TetherConnection } from './connection.js';
 
 // The terminal's automatic answers: cursor position (CSI row;col R, DECXCPR CSI ? row;col R),
 // device attributes (CSI ? … c, CSI > … c, DCS ! | … ST), device status (CSI 0 n), mode reports
@@ -32,17 +35,32 @@ export function stripAutomaticAnswers(data) {
   return data.replace(AUTOMATIC_ANSWER, '');
 }
 
-/** A binary string (one char per byte, as xterm's onBinary gives) as bytes. */
+/**
+ * A binary string (one char per byte, as xterm's onBinary gives) as bytes.
+ * @param {string} data
+ */
 function binaryStringToBytes(data) {
   return Uint8Array.from(data, (char) => char.charCodeAt(0) & 0xff);
 }
 
 const FULL_RESET = '\x1bc';
 
+/** @typedef {{dispose(): void}} Disposable */
+/**
+ * The part of xterm.js's `Terminal` the binding uses.
+ * @typedef {object} TerminalLike
+ * @property {number} cols
+ * @property {number} rows
+ * @property {(data: string | Uint8Array, callback?: () => void) => void} write
+ * @property {(listener: (data: string) => void) => Disposable} onData
+ * @property {(listener: (data: string) => void) => Disposable} onBinary
+ * @property {(listener: (size: {cols: number, rows: number}) => void) => Disposable} onResize
+ */
+
 export class TerminalBinding {
   /**
-   * @param {import('./connection.js').TetherConnection} connection
-   * @param {object} terminal an xterm.js Terminal (or anything with the same small surface)
+   * @param {TetherConnection} connection
+   * @param {TerminalLike} terminal an xterm.js Terminal (or anything with the same small surface)
    */
   constructor(connection, terminal) {
     this.connection = connection;
@@ -76,11 +94,16 @@ export class TerminalBinding {
     this._dispose();
   }
 
+  /** @param {string} data */
   _forwardInput(data) {
     const input = this.isReplaying ? stripAutomaticAnswers(data) : data;
     if (input) this.connection.send(input);
   }
 
+  /**
+   * @param {string | Uint8Array} data
+   * @param {boolean} isReplay
+   */
   _write(data, isReplay) {
     if (!isReplay) {
       this.terminal.write(data);
@@ -89,4 +112,17 @@ export class TerminalBinding {
     this._replayWrites += 1;
     this.terminal.write(data, () => { this._replayWrites -= 1; });
   }
+}
+
+/**
+ * Connect `terminal` to a tether session in one call.
+ * @param {TerminalLike} terminal an xterm.js Terminal, already opened
+ * @param {ConstructorParameters<typeof TetherConnection>[0]} options
+ * @returns {{connection: TetherConnection, binding: TerminalBinding}}
+ */
+export function connectTerminal(terminal, options) {
+  const connection = new TetherConnection({ cols: terminal.cols, rows: terminal.rows, ...options });
+  const binding = new TerminalBinding(connection, terminal);
+  connection.connect();
+  return { connection, binding };
 }
