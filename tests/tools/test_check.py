@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from tether.cli import main
 from tether.protocol.policy import PolicyEvent, State
 from tether.tools.check import expand
 from tether.tools.check_breaker import read_schedule, within
-from tether.tools.check_probe import percentile, summary_ms
+from tether.tools.figures import describe, percentile, summarize
 
 
 @pytest.fixture(scope="module")
@@ -60,16 +61,42 @@ def test_check_leaves_no_session_behind(
 
 
 def test_table_output_for_people(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "--url", server.base_url, "--scenario", "connect"]) == 0
-    out = capsys.readouterr().out
+    argv = ["check", "--url", server.base_url, "--scenario", "connect,performance"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    out = captured.out
     assert "connect" in out and "PASS" in out and "all scenarios passed" in out
+    # Piped, still text: no Python dicts or booleans; a missed tether target is a labelled note.
+    assert "{" not in out and "False" not in out and "True" not in out
+    assert "note: tether target connect p99 < 10 ms" in out
+    assert "connect_p99_under_10ms" not in out
+    # Progress went to stderr, one line as each scenario starts and ends.
+    assert "connect: running" in captured.err and "performance: PASS" in captured.err
+
+
+def test_json_is_the_only_thing_on_stdout(
+    server: ServerProcess, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out_file = tmp_path / "check.json"
+    argv = ["check", "--url", server.base_url, "--scenario", "connect", "--json"]
+    assert main([*argv, "--out", str(out_file)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)  # the whole of stdout
+    assert report == json.loads(out_file.read_text())
+    figures = report["scenarios"][0]["figures"]
+    assert set(figures) >= {"connect", "first_output", "command", "ping"}
+    assert figures["connect"]["count"] == 1
+    assert "connect: PASS" in captured.err
 
 
 def test_dead_url_fails_with_a_clear_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--url", "ws://127.0.0.1:9/ws/terminal", "--time-scale", "0.01"]) != 0
     captured = capsys.readouterr()
-    assert "cannot reach the server" in captured.out + captured.err
-    assert "127.0.0.1:9" in captured.out + captured.err
+    assert captured.out == ""
+    assert captured.err == (
+        "tether check: cannot reach the server at http://127.0.0.1:9: "
+        "connection refused (is the server running?)\n"
+    )
 
 
 def test_dead_url_json_fails_too(capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,8 +109,8 @@ def test_unknown_project_fails(server: ServerProcess, capsys: pytest.CaptureFixt
     status, report = run_json(
         capsys, "--url", server.base_url, "--project", "nope", "--scenario=connect"
     )
-    assert status != 0
-    assert report["scenarios"][0]["status"] == "fail"  # type: ignore[index]
+    assert status == 1 and report["scenarios"] == []
+    assert report["error"] == "unknown project 'nope' (this server has: default)"
 
 
 def test_embedded_server_when_no_url(capsys: pytest.CaptureFixture[str]) -> None:
@@ -111,8 +138,10 @@ def test_percentiles() -> None:
     assert percentile(values, 0.5) == 50
     assert percentile(values, 0.99) == 99
     assert percentile([3.0], 0.99) == 3
-    assert summary_ms([0.001, 0.002, 0.003])["median_ms"] == 2
-    assert summary_ms([]) == {}
+    assert summarize([0.001, 0.002, 0.003])["p50"] == 2
+    assert summarize([]) == {"count": 0}
+    assert describe(summarize([])) == "no samples"
+    assert describe(summarize([0.001, 0.003])) == "p50 1.0 ms, p99 3.0 ms (2 samples)"
 
 
 def _event(state: State, failures: int = 0, delay: float | None = None) -> PolicyEvent:

@@ -13,13 +13,15 @@ import pytest
 from tests.tools.reports import assert_user_sees_the_verdicts
 from tether.cli import main
 from tether.tools.embedded import EmbeddedServer
-from tether.tools.load import LoadOptions, run_load
+from tether.tools.load import LoadOptions, _LoadRun, run_load
+from tether.tools.loadkit import ToolReport
 
 
 def test_load_cli_short_run_is_exact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report_file = tmp_path / "load.json"
+    # No --reconnect-every: a default run, however short, cuts and resumes every user.
     argv = ["load", "--connections", "20", "--duration", "10", "--ramp-up", "2"]
-    argv += ["--reconnect-every", "2", "--seed", "7", "--json", str(report_file)]
+    argv += ["--seed", "7", "--out", str(report_file)]
     status = main(argv)
     out = capsys.readouterr().out
     report = json.loads(report_file.read_text())
@@ -30,7 +32,14 @@ def test_load_cli_short_run_is_exact(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert figures["reconnect_attempts"] > 20  # every user was cut at least once or so
     assert figures["reconnect_successes"] == figures["reconnect_attempts"]
     assert figures["unexpected_closes"] == 0
-    assert figures["latency_ms"]["echo"]["count"] > 0
+    latency = figures["latency_ms"]
+    assert latency["echo"]["count"] > 0 and latency["reattach"]["count"] > 0
+    # One connect and one first output per user: the shell's start is not in the connect.
+    assert latency["connect"]["count"] == latency["first_output"]["count"] == 20
+    names = [v["name"] for v in report["verdicts"]]
+    assert "connect p99" in names and "reattach p99" in names and "first_output p99" not in names
+    assert "{" not in out  # the report is tables, never a JSON blob between them
+    assert "first_output: a new session: from the hello" in out  # each figure defined
     correctness = [v for v in report["verdicts"] if v["kind"] == "correctness"]
     assert correctness and all(v["passed"] for v in correctness)
     # The plot is drawn in a child process: matplotlib keeps font files open for good.
@@ -59,6 +68,16 @@ async def test_load_api_against_a_given_url_without_cuts() -> None:
     assert report.figures["users_exact"] == 3
     assert report.figures["reconnect_attempts"] == 0
     assert report.figures["memory"]["measured_locally"]
+
+
+def test_a_figure_without_samples_fails_its_target() -> None:
+    options = LoadOptions(url="ws://127.0.0.1:9", connections=1, duration=10)
+    assert options.cut_every == 2.5  # a quarter of a short run: resumes happen
+    run = _LoadRun(options, "default", ToolReport("load", "ws://127.0.0.1:9", "default", {}), None)
+    verdict = run._latency_verdict("reattach", 100, "original")
+    assert (verdict.measured, verdict.passed) == ("no samples", False)
+    run.recorder.latency("reattach", 0.004)
+    assert run._latency_verdict("reattach", 100, "original").passed
 
 
 async def test_load_reports_an_unreachable_server() -> None:

@@ -3,47 +3,40 @@
 from __future__ import annotations
 
 import asyncio
-import json
+from collections.abc import Callable
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from tether.cli._group import cli
+from tether.cli._group import (
+    CommandFailed,
+    cli,
+    emit_report,
+    figure_lines,
+    report_console,
+    report_options,
+)
 from tether.client import websocket_url
 from tether.client.credentials import stored_token
-from tether.tools.check import SCENARIOS, CheckReport, run_check
+from tether.tools.check import SCENARIOS, CheckProgress, CheckReport, run_check
+from tether.tools.figures import describe
 
-
-class CommandFailed(click.ClickException):
-    """End a command with exit status 1 once it has printed its own explanation.
-
-    An exception rather than ``ctx.exit(1)``: with ``standalone_mode=False`` click turns ``Exit``
-    into a return value, which ``main(argv)`` would not see.
-    """
-
-    exit_code = 1
-
-    def __init__(self) -> None:
-        super().__init__("")
-
-    def show(self, file: Any = None) -> None:
-        """Nothing more to say: the command has already explained."""
-
+__all__ = ["CommandFailed", "check"]  # CommandFailed: for `tether attach` too
 
 _STYLES = {"pass": "bold green", "fail": "bold red", "skip": "yellow"}
 
 
-def _figures(figures: dict[str, Any], prefix: str = "") -> list[str]:
+def _figure_text(figures: dict[str, Any]) -> list[str]:
+    """A scenario's figures as ``name: value`` lines; latency summaries in words."""
     lines = []
     for name, value in figures.items():
-        if isinstance(value, dict) and value and name != "canonical":
-            lines += _figures(value, f"{prefix}{name}.")
-        elif isinstance(value, list):
-            lines.append(f"{prefix}{name}: {', '.join(str(v) for v in value)}")
+        if isinstance(value, dict) and "count" in value:
+            lines.append(f"{name}: {describe(value)}")
         else:
-            lines.append(f"{prefix}{name}: {value}")
+            lines += figure_lines({name: value})
     return lines
 
 
@@ -56,15 +49,35 @@ def _render(report: CheckReport, console: Console) -> None:
         table.add_column(column, overflow="fold")
     for result in report.results:
         status = f"[{_STYLES[result.status]}]{result.status.upper()}[/]"
+        notes = [f"note: {note}" for note in result.notes]
         table.add_row(
             result.name,
             f"{status}\n{result.seconds:.2f} s",
-            "\n".join(_figures(result.figures)),
-            "\n".join(result.failures),
+            escape("\n".join(_figure_text(result.figures) + notes)),
+            escape("\n".join(result.failures)),
         )
     console.print(table)
     verdict = "[bold green]all scenarios passed" if report.passed else "[bold red]check failed"
     console.print(verdict)
+
+
+def _progress_printer(console: Console) -> Callable[[CheckProgress], None]:
+    """One line per scenario start, note and end (on stderr: stdout is for the report)."""
+
+    def show(event: CheckProgress) -> None:
+        if event.event == "start":
+            console.print(f"[dim]{event.scenario}: running…", highlight=False)
+        elif event.event == "note":
+            console.print(f"[dim]{event.scenario}: {escape(event.message)}", highlight=False)
+        elif event.result is not None:
+            status = event.result.status
+            console.print(
+                f"{event.scenario}: [{_STYLES[status]}]{status.upper()}[/] "
+                f"({event.result.seconds:.1f} s)",
+                highlight=False,
+            )
+
+    return show
 
 
 def _scenario_names(values: tuple[str, ...]) -> list[str]:
@@ -97,7 +110,7 @@ def _scenario_names(values: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="scale the client-side delays (not the server's retry-after)",
 )
-@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@report_options
 @click.option("--strict", is_flag=True, help="also fail on tether's own latency targets")
 @click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
 def check(
@@ -106,6 +119,7 @@ def check(
     scenarios: tuple[str, ...],
     time_scale: float,
     as_json: bool,
+    out_file: str | None,
     strict: bool,
     token: str | None,
 ) -> None:
@@ -120,27 +134,25 @@ def check(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--url") from None
     url = urls[0] if urls else None
-    console = Console(stderr=True)
-    progress = None if as_json else (lambda name: console.print(f"[dim]running {name}…"))
-    report = asyncio.run(
-        run_check(
-            url,
-            names,
-            project=project,
-            token=token or (stored_token(url) if url is not None else None),
-            time_scale=time_scale,
-            strict=strict,
-            progress=progress,
-            also=urls[1:],
-        )
+    work = run_check(
+        url,
+        names,
+        project=project,
+        token=token or (stored_token(url) if url is not None else None),
+        time_scale=time_scale,
+        strict=strict,
+        progress=_progress_printer(report_console(stderr=True)),
+        also=urls[1:],
     )
-    if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
-    elif report.error:
-        console.print(f"[bold red]tether check: {report.error}")
-    else:
-        _render(report, Console())
-    if report.error and as_json:
+    try:
+        report = asyncio.run(work)
+    except KeyboardInterrupt:  # the run was cancelled: its sessions were ended on the way out
+        click.echo("tether check: interrupted; the sessions it opened were ended", err=True)
+        raise click.exceptions.Exit(130) from None
+    emit_report(report.to_json(), as_json, out_file)
+    if report.error:
         click.echo(f"tether check: {report.error}", err=True)
+    elif not as_json:
+        _render(report, report_console())
     if not report.passed:
         raise CommandFailed()

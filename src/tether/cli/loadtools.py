@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,24 +11,21 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from tether.cli._group import cli
+from tether.cli._group import (
+    CommandFailed,
+    as_text,
+    cli,
+    emit_report,
+    figure_lines,
+    report_console,
+    report_options,
+)
 from tether.client import websocket_url
 from tether.client.credentials import stored_token
+from tether.tools.figures import DEFINITIONS
 from tether.tools.load import LoadOptions, LoadProgress, run_load, write_plot
 from tether.tools.loadkit import Verdict
 from tether.tools.stress import StressOptions, StressProgress, run_stress
-
-
-class CommandFailed(click.ClickException):
-    """Exit status 1 after the command has printed its own explanation."""
-
-    exit_code = 1
-
-    def __init__(self) -> None:
-        super().__init__("")
-
-    def show(self, file: Any = None) -> None:
-        """The report already says why."""
 
 
 def _check_url(urls: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
@@ -100,22 +96,33 @@ def _latency_table(latency: dict[str, dict[str, float]]) -> Table:
     table = Table(title="latency (ms)")
     for column in ("what", "count", "p50", "p95", "p99", "max"):
         table.add_column(column, justify="right")
-    for name, figures in latency.items():
-        cells = [str(figures.get(k, "-")) for k in ("count", "p50", "p95", "p99", "max")]
+    for name, summary in latency.items():
+        cells = [as_text(summary.get(k)) for k in ("count", "p50", "p95", "p99", "max")]
         table.add_row(name, *cells)
     return table
 
 
+def _figures_table(figures: dict[str, Any]) -> Table:
+    table = Table(title="figures", show_header=False)
+    table.add_column(style="dim")
+    table.add_column()
+    skip = {"latency_ms", "latencies_s", "server"}
+    for line in figure_lines({k: v for k, v in figures.items() if k not in skip}):
+        name, _, value = line.partition(": ")
+        table.add_row(name, value)
+    return table
+
+
 def _print_report(report: dict[str, Any], verdicts: list[Verdict], strict: bool) -> None:
-    console = Console()
+    console = report_console()
     figures = report["figures"]
     if "latency_ms" in figures:
         console.print(_latency_table(figures["latency_ms"]))
-    skip = {"latency_ms", "latencies_s", "server", "checks"}
-    summary = {k: v for k, v in figures.items() if k not in skip}
-    console.print_json(json.dumps(summary))
+        for name in figures["latency_ms"]:  # what each row measures (tether.tools.figures)
+            console.print(f"[dim]{name}: {DEFINITIONS.get(name, '')}")
+    console.print(_figures_table(figures))
     for line in report["errors"][:20]:
-        console.print(f"[red]error:[/] {line}")
+        console.print(f"[red]error:[/] {line}", markup=True, highlight=False)
     console.print(_verdict_table(verdicts, strict))
     verdict = "[bold green]PASS" if report["passed"] else "[bold red]FAIL"
     console.print(f"{verdict}[/] — {report['tool']} against {report['url']}")
@@ -131,15 +138,15 @@ def _run_live(title: str, rows: Callable[[Any], list[tuple[str, str]]], work: An
         return asyncio.run(work(show))
 
 
-def _finish(report: Any, json_file: str | None, plot_file: str | None, strict: bool) -> None:
+def _finish(
+    report: Any, as_json: bool, out_file: str | None, plot_file: str | None, strict: bool
+) -> None:
     data = report.to_json()
+    emit_report(data, as_json, out_file)
     if report.error:
-        Console(stderr=True).print(f"[bold red]tether {data['tool']}: {report.error}")
-    else:
+        click.echo(f"tether {data['tool']}: {report.error}", err=True)
+    elif not as_json:
         _print_report(data, report.verdicts, strict)
-    if json_file:
-        with open(json_file, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
     if plot_file and not report.error:
         write_plot(data, plot_file)
     if not report.passed:
@@ -155,11 +162,11 @@ def _finish(report: Any, json_file: str | None, plot_file: str | None, strict: b
 @click.option(
     "--reconnect-every",
     type=click.FloatRange(0, 3600),
-    default=30.0,
-    show_default=True,
-    help="mean seconds between cuts of each user (0: never)",
+    default=None,
+    help="mean seconds between cuts of each user (default: 30, or a quarter of the duration "
+    "if shorter; 0: never)",
 )
-@click.option("--json", "json_file", default=None, metavar="FILE", help="write all figures")
+@report_options
 @click.option("--plot", "plot_file", default=None, metavar="FILE", help="write a PNG")
 @click.option("--seed", type=int, default=None, help="random seed")
 @click.option("--strict", is_flag=True, help="also fail on tether's own targets")
@@ -170,8 +177,9 @@ def load(
     connections: int,
     duration: float,
     ramp_up: float | None,
-    reconnect_every: float,
-    json_file: str | None,
+    reconnect_every: float | None,
+    as_json: bool,
+    out_file: str | None,
     plot_file: str | None,
     seed: int | None,
     strict: bool,
@@ -195,7 +203,7 @@ def load(
         _load_rows,
         lambda show: run_load(options, show, strict=strict),
     )
-    _finish(report, json_file, plot_file, strict)
+    _finish(report, as_json, out_file, plot_file, strict)
 
 
 @cli.command("stress")
@@ -209,7 +217,7 @@ def load(
 )
 @click.option("--iterations", type=click.IntRange(10, 100000), default=1000, show_default=True)
 @click.option("--concurrency", type=click.IntRange(1, 500), default=20, show_default=True)
-@click.option("--json", "json_file", default=None, metavar="FILE", help="write all figures")
+@report_options
 @click.option("--seed", type=int, default=None, help="random seed")
 @click.option("--strict", is_flag=True, help="also fail on tether's own targets")
 @click.option("--token", envvar="TETHER_TOKEN", default=None, help="credential ($TETHER_TOKEN)")
@@ -219,7 +227,8 @@ def stress(
     rapid_reconnect: bool,
     iterations: int,
     concurrency: int,
-    json_file: str | None,
+    as_json: bool,
+    out_file: str | None,
     seed: int | None,
     strict: bool,
     token: str | None,
@@ -240,4 +249,4 @@ def stress(
         _stress_rows,
         lambda show: run_stress(options, show, strict=strict),
     )
-    _finish(report, json_file, None, strict)
+    _finish(report, as_json, out_file, None, strict)

@@ -7,7 +7,9 @@ unreachable, 404, 401/403) are one line on stderr and exit status 1.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -16,7 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
@@ -25,6 +27,7 @@ from rich.table import Table
 from tether.cli._group import cli
 from tether.client import http_url
 from tether.client.credentials import stored_token
+from tether.client.problems import reason, unknown_project, unknown_session, unreachable
 
 DEFAULT_URL = "http://127.0.0.1:4001"
 _LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
@@ -32,12 +35,25 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class OperatorError(click.ClickException):
-    """A command failed for a reason the operator can act on; shown as one line, exit 1."""
+    """A command failed for a reason the operator can act on; shown as one line, exit 1.
+
+    ``status``: the HTTP status that said so, if any (404 names an unknown session).
+    """
 
     exit_code = 1
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
     def show(self, file: Any = None) -> None:
         click.echo(f"tether: {self.message}", err=True)
+
+
+class UsageProblem(OperatorError):
+    """The command named something the server does not have (a project): exit 2."""
+
+    exit_code = 2
 
 
 # ------------------------------------------------------------------------------ HTTP client
@@ -58,6 +74,21 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self._request("POST", path, body=body)
 
+    def download(self, path: str, out: BinaryIO) -> int:
+        """GET ``path`` and copy its body to ``out`` as it comes; returns the bytes copied."""
+        request = urllib.request.Request(self.base + path, headers=self._headers(None))
+        copied = 0
+        try:
+            with self._opener().open(request, timeout=self.timeout) as response:
+                while chunk := response.read(256 * 1024):
+                    out.write(chunk)
+                    copied += len(chunk)
+        except urllib.error.HTTPError as exc:
+            raise OperatorError(_http_error_message(exc), status=exc.code) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise OperatorError(unreachable(self.base, reason(exc))) from None
+        return copied
+
     def _request(
         self,
         method: str,
@@ -74,11 +105,9 @@ class ApiClient:
             with self._opener().open(request, timeout=self.timeout) as response:
                 return json.loads(response.read() or b"null")
         except urllib.error.HTTPError as exc:
-            raise OperatorError(_http_error_message(exc)) from None
-        except urllib.error.URLError as exc:
-            raise OperatorError(f"cannot reach {self.base}: {exc.reason}") from None
-        except (TimeoutError, ConnectionError) as exc:
-            raise OperatorError(f"cannot reach {self.base}: {exc or type(exc).__name__}") from None
+            raise OperatorError(_http_error_message(exc), status=exc.code) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise OperatorError(unreachable(self.base, reason(exc))) from None
         except ValueError:
             raise OperatorError(f"{self.base}{path} did not answer JSON: is it tether?") from None
 
@@ -264,6 +293,7 @@ def stats(
 ) -> None:
     """Sessions, totals and circuit breakers of a running server."""
     api = _client(url, token)
+    _check_project(api, project)
     sessions = api.get("/stats/sessions", project=project, owner=owner)
     breakers = api.get("/stats/circuit-breaker")
     view = _cluster_view(api)
@@ -330,8 +360,31 @@ def _resolve_key(api: ApiClient, key: str) -> str:
     if len(matches) == 1:
         return str(matches[0])
     if not matches:
-        raise OperatorError(f"no session {key}")
+        raise OperatorError(unknown_session(key))
     raise OperatorError(f"{key} is in several projects; give the key: {', '.join(matches)}")
+
+
+def _check_project(api: ApiClient, project: str | None) -> None:
+    """A project the server does not offer is a usage error: one line naming those it does."""
+    if project is None:
+        return
+    valid = [str(entry["id"]) for entry in api.get("/api/projects")]
+    if project not in valid:
+        raise UsageProblem(unknown_project(project, valid))
+
+
+def _confirm_clear(api: ApiClient, listed: list[dict[str, Any]], scope: str) -> None:
+    """Show what would end and ask; only a terminal can answer (a pipe's "y" is no consent)."""
+    count = f"{len(listed)} session(s){scope}"
+    if not sys.stdin.isatty():
+        raise OperatorError(f"nothing cleared: no terminal to ask on; pass --yes to end {count}")
+    _console().print(_sessions_table(listed, f"{count} at {api.base} would end"))
+    try:
+        if click.confirm(f"End these {count}? Their clients get 4013"):
+            return
+    except click.Abort:
+        pass
+    raise OperatorError("nothing cleared (answer y, or pass --yes)")
 
 
 @sessions_group.command("kill")
@@ -344,7 +397,12 @@ def kill(url: str, token: str | None, key: str) -> None:
     """
     api = _client(url, token)
     key = _resolve_key(api, key)
-    killed = api.delete(f"/api/sessions/{urllib.parse.quote(key, safe=':')}")["killed"]
+    try:
+        killed = api.delete(f"/api/sessions/{urllib.parse.quote(key, safe=':')}")["killed"]
+    except OperatorError as exc:
+        if exc.status == 404:
+            raise OperatorError(unknown_session(key)) from None
+        raise
     click.echo(f"killed {killed}")
 
 
@@ -359,20 +417,49 @@ def clear(url: str, token: str | None, project: str | None, yes: bool) -> None:
     this never flushes a whole Redis database.
     """
     api = _client(url, token)
+    _check_project(api, project)
     listed = _list(api, project, None)
     scope = f" of project {project}" if project else ""
     if not listed:
         click.echo(f"no sessions{scope} to clear")
         return
-    question = f"End {len(listed)} session(s){scope} at {api.base}? Their clients get 4013"
-    try:
-        if not yes and not click.confirm(question):
-            raise click.Abort()
-    except click.Abort:
-        raise OperatorError("nothing cleared (answer y, or pass --yes)") from None
+    if not yes:
+        _confirm_clear(api, listed, scope)
     body = {"project": project} if project else {}
     result = api.post("/api/sessions/clear", body)
     click.echo(f"cleared {result['count']} session(s){scope}")
+
+
+@sessions_group.command("record")
+@_server_options
+@click.argument("key")
+@click.option("-o", "--output", default=None, metavar="FILE", help="where to save it ('-': stdout)")
+def record(url: str, token: str | None, key: str, output: str | None) -> None:
+    """Save the recording of session KEY (SESSION:PROJECT) as one asciicast v2 file.
+
+    The server must run with --record-dir; an ended session's recording is there too. By
+    default the file is named after the key, in this directory (docs/operations.md).
+    """
+    from tether.server.recording import file_stem
+
+    api = _client(url, token)
+    path = f"/api/sessions/{urllib.parse.quote(key, safe=':')}/recording"
+    if output == "-":
+        api.download(path, sys.stdout.buffer)
+        sys.stdout.flush()
+        return
+    target = output or file_stem(key) + ".cast"
+    partial = target + ".part"
+    try:
+        with open(partial, "wb") as out:
+            size = api.download(path, out)
+        os.replace(partial, target)
+    except OSError as exc:
+        raise OperatorError(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+    click.echo(f"saved {_size(size)} to {target}")
 
 
 # ------------------------------------------------------------------------------ restart

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from tether.client.problems import reason, unreachable
 from tether.errors import ConnectFailed
 
 WEBSOCKET_PATH = "/ws/terminal"
@@ -44,7 +45,8 @@ def http_url(url: str) -> str:
 
 
 def describe_error(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__
+    """One short line for an error of a connection or request."""
+    return reason(exc)
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
@@ -61,8 +63,12 @@ async def fetch_json(url: str, path: str, *, token: str | None = None, timeout: 
         ):
             response.raise_for_status()
             return await response.json()
-    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-        raise ConnectFailed(f"GET {target} failed: {describe_error(exc)}") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise ConnectFailed(f"GET {target}: HTTP {exc.status} {exc.message}") from exc
+    except ValueError as exc:
+        raise ConnectFailed(f"GET {target} did not answer JSON: is it tether?") from exc
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise ConnectFailed(unreachable(http_url(url), reason(exc))) from exc
 
 
 async def fetch_projects(url: str, *, token: str | None = None) -> list[str]:

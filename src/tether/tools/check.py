@@ -17,10 +17,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from tether.client import fetch_projects, http_url, websocket_url
-from tether.errors import ClientError, ConnectFailed
+from tether.client import websocket_url
+from tether.errors import ClientError
 from tether.tools.check_breaker import circuit_breaker_scenario
 from tether.tools.check_probe import Context, Outcome, ScenarioResult
 from tether.tools.check_scenarios import (
@@ -30,6 +30,7 @@ from tether.tools.check_scenarios import (
     session_reuse_scenario,
 )
 from tether.tools.embedded import EmbeddedServer
+from tether.tools.loadkit import resolve_project
 
 Scenario = Callable[[Context, Outcome], Awaitable[None]]
 SCENARIOS: dict[str, Scenario] = {
@@ -41,7 +42,25 @@ SCENARIOS: dict[str, Scenario] = {
 }
 SCENARIO_TIMEOUT = 300.0
 
-__all__ = ["SCENARIOS", "CheckReport", "EmbeddedServer", "ScenarioResult", "run_check"]
+__all__ = [
+    "SCENARIOS",
+    "CheckProgress",
+    "CheckReport",
+    "EmbeddedServer",
+    "ScenarioResult",
+    "run_check",
+]
+
+
+@dataclass(frozen=True)
+class CheckProgress:
+    r"""What a live display is told: a scenario ``start``\s, has a ``note`` (what a long step
+    waits for), or is ``done`` (with its result)."""
+
+    scenario: str
+    event: Literal["start", "note", "done"]
+    message: str = ""
+    result: ScenarioResult | None = None
 
 
 @dataclass(frozen=True)
@@ -88,11 +107,15 @@ async def run_check(
     token: str | None = None,
     time_scale: float = 1.0,
     strict: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[CheckProgress], None] | None = None,
     also: Sequence[str] = (),
 ) -> CheckReport:
     """Run ``scenarios`` against ``url`` (or an embedded server when None); ``also``: the other
-    nodes of a cluster, which connections use in turn."""
+    nodes of a cluster, which connections use in turn. ``progress`` is told when each scenario
+    starts and ends, and what a long one waits for.
+
+    Every session the check opened and that still runs is ended before it returns, also when a
+    scenario fails or the run is cancelled (Ctrl-C)."""
     names = expand(scenarios)
     if url is None:
         async with EmbeddedServer() as server:
@@ -107,24 +130,23 @@ async def run_check(
             )
     endpoint = websocket_url(url)
     try:
-        project = project or await _first_project(url, token)
+        project = await resolve_project(url, project, token)
     except ClientError as exc:
-        return CheckReport(endpoint, project, time_scale, error=f"cannot reach the server: {exc}")
+        return CheckReport(endpoint, project, time_scale, error=str(exc))
     others = tuple(websocket_url(other) for other in also)
+    tell = progress or (lambda _: None)
     ctx = Context(endpoint, project, token, time_scale, strict, also=others)
     report = CheckReport(endpoint, project, time_scale)
-    for name in names:
-        if progress is not None:
-            progress(name)
-        report.results.append(await run_scenario(name, ctx))
+    try:
+        for name in names:
+            tell(CheckProgress(name, "start"))
+            ctx.progress = lambda message, name=name: tell(CheckProgress(name, "note", message))
+            result = await run_scenario(name, ctx)
+            report.results.append(result)
+            tell(CheckProgress(name, "done", result=result))
+    finally:
+        await ctx.end_leftovers()
     return report
-
-
-async def _first_project(url: str, token: str | None) -> str:
-    projects = await fetch_projects(url, token=token)
-    if not projects:
-        raise ConnectFailed(f"{http_url(url)}/api/projects lists no project")
-    return projects[0]
 
 
 async def run_scenario(name: str, ctx: Context) -> ScenarioResult:

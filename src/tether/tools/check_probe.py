@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,7 +16,7 @@ from tether.client import Terminal, connect, fetch_json
 from tether.errors import ClientError, ConnectFailed
 from tether.protocol.codes import CloseCode
 from tether.protocol.policy import ReconnectPolicy, State
-from tether.tools.loadkit import percentile
+from tether.tools.loadkit import delete_session
 
 Status = Literal["pass", "fail", "skip"]
 CANONICAL_ID = re.compile(r"session_[0-9]{13}_[a-z0-9]{6,32}")
@@ -32,6 +31,7 @@ class ScenarioResult:
     figures: dict[str, Any]
     failures: tuple[str, ...]
     seconds: float
+    notes: tuple[str, ...] = ()  # informational: never a failure, even of a target missed
 
     @property
     def passed(self) -> bool:
@@ -45,6 +45,7 @@ class ScenarioResult:
             "status": self.status,
             "figures": self.figures,
             "failures": list(self.failures),
+            "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
 
@@ -60,7 +61,36 @@ class Context:
     strict: bool = False
     notes: dict[str, Any] = field(default_factory=dict)  # facts one scenario leaves for another
     also: tuple[str, ...] = ()  # the other nodes of a cluster (WebSocket endpoints)
+    progress: Callable[[str], None] | None = None  # told what a long step waits for
+    started: dict[str, str] = field(default_factory=dict)  # key → session id of every shell opened
     _opened: int = 0
+
+    def say(self, message: str) -> None:
+        """Tell the person waiting what is going on (a step that takes seconds)."""
+        if self.progress is not None:
+            self.progress(message)
+
+    def remember(self, term: Terminal) -> None:
+        """A session this check opened: ended by :meth:`end_leftovers` if still there."""
+        if term.key is not None and term.session_id is not None:
+            self.started[term.key] = term.session_id
+
+    async def end_leftovers(self) -> list[str]:
+        """End every session this check opened that still runs (after a failure, or Ctrl-C):
+        a check leaves no shell behind. Returns the keys it ended."""
+        if not self.started:
+            return []
+        try:
+            listed = await self.sessions()
+            running = {entry.get("key") for entry in listed if entry.get("state") != "ended"}
+        except ClientError:
+            running = set(self.started)
+        ended = []
+        for key, session in self.started.items():
+            if key in running and await _end_session(self, session):
+                ended.append(key)
+        self.started.clear()
+        return ended
 
     def next_url(self) -> str:
         """The node for the next connection: the nodes in turn (a session made through one is
@@ -83,12 +113,13 @@ class Context:
 
 
 class Outcome:
-    """Collects a scenario's figures and failed expectations."""
+    """Collects a scenario's figures, failed expectations and informational notes."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.figures: dict[str, Any] = {}
         self.failures: list[str] = []
+        self.notes: list[str] = []
         self.skipped = ""
 
     def expect(self, condition: bool, message: str) -> bool:
@@ -102,19 +133,9 @@ class Outcome:
         status: Status = "fail" if self.failures else ("skip" if self.skipped else "pass")
         if self.skipped:
             self.figures.setdefault("skipped", self.skipped)
-        return ScenarioResult(self.name, status, self.figures, tuple(self.failures), seconds)
-
-
-def summary_ms(values: list[float]) -> dict[str, float]:
-    """Median, p95 and p99 of durations in seconds, as milliseconds."""
-    if not values:
-        return {}
-    return {
-        "median_ms": round(statistics.median(values) * 1000, 2),
-        "p95_ms": round(percentile(values, 0.95) * 1000, 2),
-        "p99_ms": round(percentile(values, 0.99) * 1000, 2),
-        "samples": len(values),
-    }
+        return ScenarioResult(
+            self.name, status, self.figures, tuple(self.failures), seconds, tuple(self.notes)
+        )
 
 
 async def open_terminal(ctx: Context, url: str | None = None, **options: Any) -> Terminal:
@@ -124,13 +145,15 @@ async def open_terminal(ctx: Context, url: str | None = None, **options: Any) ->
     policy = ReconnectPolicy(time_scale=ctx.time_scale)
     while True:
         try:
-            return await connect(
+            term = await connect(
                 url or ctx.next_url(),
                 project=ctx.project,
                 token=ctx.token,
                 time_scale=ctx.time_scale,
                 **options,
             )
+            ctx.remember(term)
+            return term
         except ConnectFailed as exc:
             if exc.code != CloseCode.STORM:
                 raise
@@ -195,6 +218,23 @@ async def end_shell(term: Terminal, timeout: float = 5.0) -> bool:
         return False
     finally:
         await term.close()
+
+
+async def _end_session(ctx: Context, session: str) -> bool:
+    """End a session left running: ``exit`` at its prompt (after a Ctrl-C for a program that
+    runs), else the operator API; True when it ended."""
+    try:
+        term = await connect(
+            ctx.url, project=ctx.project, token=ctx.token, session=session, create=False,
+            ping_interval=None, connect_timeout=5,
+        )  # fmt: skip
+    except ClientError:
+        return False
+    await term.send("\x03")
+    if await end_shell(term):
+        return True
+    assert term.key is not None
+    return await delete_session(ctx.url, term.key, ctx.token)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

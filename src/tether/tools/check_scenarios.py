@@ -14,6 +14,7 @@ import uuid
 
 from tether.client import Terminal
 from tether.protocol.messages import Hello
+from tether.tools import figures
 from tether.tools.check_probe import (
     CANONICAL_ID,
     Context,
@@ -21,8 +22,8 @@ from tether.tools.check_probe import (
     Probe,
     end_shell,
     open_terminal,
-    summary_ms,
 )
+from tether.tools.figures import summarize
 
 SESSION_REUSE_ROUNDS = 7  # + the first connect + the replay check stays under 10 per key
 CONNECT_SAMPLES = 10
@@ -32,17 +33,21 @@ ECHO_SAMPLES = 10
 
 # ------------------------------------------------------------------------------------ connect
 async def connect_scenario(ctx: Context, out: Outcome) -> None:
-    """A new session: hello fields, the shell answers a nonce, latency."""
+    """A new session: hello fields, the shell answers a nonce, latency (:mod:`.figures`)."""
     started = ctx.now()
     term = await open_terminal(ctx, cols=100, rows=30)
-    out.figures["connect_ms"] = round((ctx.now() - started) * 1000, 2)
+    hello_at = ctx.now()
+    out.figures[figures.CONNECT] = summarize([hello_at - started])
     try:
         _check_new_hello(ctx, out, _hello(term))
         out.figures["session"] = term.session_id
-        echo_started = ctx.now()
-        out.figures["pid"] = await Probe(term).shell_pid()
-        out.figures["echo_ms"] = round((ctx.now() - echo_started) * 1000, 2)
-        out.figures["ping_ms"] = round(await term.ping() * 1000, 2)
+        probe = Probe(term)
+        await probe.read_some()
+        out.figures[figures.FIRST_OUTPUT] = summarize([ctx.now() - hello_at])
+        asked = ctx.now()
+        out.figures["pid"] = await probe.shell_pid()
+        out.figures[figures.COMMAND] = summarize([ctx.now() - asked])
+        out.figures[figures.PING] = summarize([await term.ping()])
     finally:
         out.expect(await end_shell(term), "the shell did not end with 4012 after `exit`")
 
@@ -86,7 +91,7 @@ async def session_reuse_scenario(ctx: Context, out: Outcome) -> None:
         await probe.drain()
         stream += probe.transcript
     out.figures |= {"rounds": SESSION_REUSE_ROUNDS, "pid": first_pid, "stream_bytes": len(stream)}
-    out.figures["reconnect"] = summary_ms(latencies)
+    out.figures[figures.REATTACH] = summarize(latencies)
     await _check_single_session(ctx, out, f"{session}:{ctx.project}", first_pid)
     await check_replay(ctx, out, str(session), bytes(stream), end=True)
 
@@ -201,8 +206,8 @@ async def performance_scenario(ctx: Context, out: Outcome) -> None:
         await asyncio.gather(*(end_shell(term) for term in terms))
     attempts = len(reconnects) + failures
     success = len(reconnects) / attempts if attempts else 0.0
-    out.figures |= {"connect": summary_ms(connects), "reconnect": summary_ms(reconnects)}
-    out.figures |= {"echo": summary_ms(echoes), "reconnect_success": round(success, 4)}
+    out.figures |= {figures.CONNECT: summarize(connects), figures.REATTACH: summarize(reconnects)}
+    out.figures |= {figures.COMMAND: summarize(echoes), "reconnect_success": round(success, 4)}
     out.figures["memory_mb"] = memory
     _judge_performance(ctx, out, connects, reconnects, success, memory)
 
@@ -249,20 +254,24 @@ def _judge_performance(
     success: float,
     memory: float | None,
 ) -> None:
-    connect_p99 = out.figures["connect"]["p99_ms"]
-    out.expect(connect_p99 < 100, f"session latency p99 {connect_p99} ms ≥ 100 ms")
+    target = figures.SESSION_LATENCY_TARGET_MS
+    connect_p99 = out.figures[figures.CONNECT]["p99"]
+    out.expect(connect_p99 < target, f"connect p99 {connect_p99} ms ≥ {target:g} ms")
     out.expect(memory is None or memory < 50, f"memory per session {memory} MB ≥ 50 MB")
     out.expect(success > 0.99, f"reconnection success {success:.2%} ≤ 99%")
     opened_at = ctx.notes.get("breaker_opened_after")
     if opened_at is not None:
         out.figures["breaker_opened_after_failures"] = opened_at
         out.expect(opened_at <= 5, f"breaker opened after {opened_at} failures, not ≤ 5")
-    reconnect_p99 = out.figures["reconnect"].get("p99_ms", 0.0)
-    strict = {
-        "connect_p99_under_10ms": connect_p99 < 10,
-        "reconnect_p99_under_5ms": reconnect_p99 < 5,
+    reattach_p99 = out.figures[figures.REATTACH].get("p99")
+    out.expect(reattach_p99 is not None, "no reattach measured")
+    own = {  # tether's own targets: fail the run only with --strict
+        f"connect p99 < 10 ms ({connect_p99:g} ms)": connect_p99 < 10,
+        f"reattach p99 < 5 ms ({reattach_p99} ms)": reattach_p99 is not None and reattach_p99 < 5,
     }
-    out.figures["tether_targets"] = strict
-    if ctx.strict:
-        for name, met in strict.items():
-            out.expect(met, f"tether target missed: {name}")
+    for target_text, met in own.items():
+        if ctx.strict:
+            out.expect(met, f"tether target missed: {target_text}")
+        else:
+            verdict = "met" if met else "missed (informational; --strict fails on it)"
+            out.notes.append(f"tether target {target_text}: {verdict}")

@@ -1,6 +1,7 @@
 """Shared pieces of ``tether load``, ``tether stress`` and ``bench/`` (no printing here).
 
-- :func:`summarize` / :func:`percentile`: latency figures (p50/p95/p99/max) in milliseconds.
+- :func:`summarize` / :func:`percentile` (from :mod:`tether.tools.figures`, where every figure's
+  name is defined): latency figures (p50/p95/p99/max) in milliseconds.
 - :class:`Recorder`, :class:`Verdict`, :class:`ToolReport`: what a run gathers and reports.
 - The client side (a lean connection, the verified typing user) is :mod:`tether.tools.loaduser`.
 - :class:`ServerProbe`: the server's CPU, RSS, fds and shells, from ``/proc`` when local, else from
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -23,33 +23,15 @@ import aiohttp
 import psutil
 
 from tether.client import fetch_json, fetch_projects, http_url
+from tether.client.problems import unknown_project
+from tether.errors import ClientError
+from tether.tools.figures import percentile, summarize
 
 LOOPBACK = ("127.", "::1", "localhost")
+__all__ = ["Recorder", "ServerProbe", "ToolReport", "Verdict", "percentile", "summarize"]
 
 
 # ------------------------------------------------------------------------------------ figures
-def percentile(values: list[float], fraction: float) -> float:
-    """Nearest-rank percentile (``fraction`` in (0, 1]) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.4999)))
-    return ordered[rank - 1]
-
-
-def summarize(seconds: list[float]) -> dict[str, float]:
-    """Count, mean, p50, p95, p99 and max of durations in seconds, in milliseconds."""
-    if not seconds:
-        return {"count": 0}
-    ms = [value * 1000 for value in seconds]
-    return {
-        "count": len(ms),
-        "mean": round(statistics.fmean(ms), 3),
-        "p50": round(percentile(ms, 0.50), 3),
-        "p95": round(percentile(ms, 0.95), 3),
-        "p99": round(percentile(ms, 0.99), 3),
-        "max": round(max(ms), 3),
-    }
-
-
 @dataclass
 class Recorder:
     """Latencies, counters, close codes and errors gathered by many users."""
@@ -252,10 +234,18 @@ def _is_live(process: psutil.Process) -> bool:
 
 async def first_project(url: str, token: str | None = None) -> str:
     """The first project ``GET /api/projects`` lists."""
+    return await resolve_project(url, None, token)
+
+
+async def resolve_project(url: str, project: str | None, token: str | None = None) -> str:
+    """``project`` if the server offers it (else :class:`ClientError` naming those it does),
+    or the first it lists when None."""
     projects = await fetch_projects(url, token=token)
+    if project is not None and project not in projects:
+        raise ClientError(unknown_project(project, projects))
     if not projects:
-        raise RuntimeError(f"{http_url(url)}/api/projects lists no project")
-    return projects[0]
+        raise ClientError(f"{http_url(url)}/api/projects lists no project")
+    return project or projects[0]
 
 
 def is_loopback_url(url: str) -> bool:

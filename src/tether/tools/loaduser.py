@@ -39,6 +39,7 @@ from tether.protocol.client import (
 from tether.protocol.codes import CloseCode
 from tether.protocol.messages import SUBPROTOCOL, Ack, Exit, Hello, Pong, Rejected, Resize
 from tether.protocol.policy import ReconnectPolicy, State
+from tether.tools import figures
 from tether.tools.loadkit import Recorder
 
 MARKER = b"__TETHER_LOAD_READY__\r\n"
@@ -314,18 +315,21 @@ class TypingUser:
 
     # -- connecting ------------------------------------------------------------------------
     async def start(self) -> None:
-        """Create the session; record connect latency (to the first byte); start ``cat``."""
+        """Create the session; record its connect and first output (:mod:`.figures`); start
+        ``cat``."""
         started = time.perf_counter()
         result = await Wire.open(self.http, self.rng.choice(self.urls), self.protocol)
         if isinstance(result, Refused):
             self.recorder.close_codes[result.code] += 1
             self.policy.stop(self._now(), result.code, result.reason)
             raise UserFailed(f"connect refused: {result.code} {result.reason}")
+        hello_at = time.perf_counter()
+        self.recorder.latency(figures.CONNECT, hello_at - started)
         self.policy.on_connected(self._now())
         self.recorder.count("sessions_created" if result.hello.created else "sessions_joined")
         self._attach(result)
         await self.wait_for(lambda: self.position > 0, 10, "the first byte")
-        self.recorder.latency("connect", time.perf_counter() - started)
+        self.recorder.latency(figures.FIRST_OUTPUT, time.perf_counter() - hello_at)
         await self.send(SETUP_COMMAND, track=False)
         await self.wait_for(lambda: self.marker_end is not None, 15, "the ready marker")
 
@@ -360,7 +364,7 @@ class TypingUser:
             self.policy.on_attempt_failed(self._now(), result.code, result.reason)
             return
         self.policy.on_connected(self._now())
-        self.recorder.latency("reattach", time.perf_counter() - started)
+        self.recorder.latency(figures.REATTACH, time.perf_counter() - started)
         self.recorder.count("reconnect_successes")
         await self._receive_hello(result)
 
@@ -430,7 +434,7 @@ class TypingUser:
         self.verified += len(received)
         now = time.perf_counter()
         while self._echoes and self._echoes[0][0] < self.verified:
-            self.recorder.latency("echo", now - self._echoes.popleft()[1])
+            self.recorder.latency(figures.ECHO, now - self._echoes.popleft()[1])
 
     def _receive_message(self, message: Ack | Resize | Pong | Exit | Rejected) -> None:
         if isinstance(message, Ack):

@@ -42,6 +42,7 @@ import aiohttp
 from tether.client import fetch_json, websocket_url
 from tether.protocol.client import ClientProtocol
 from tether.protocol.codes import CloseCode, retry_after_seconds
+from tether.tools import figures
 from tether.tools.embedded import EmbeddedServer
 from tether.tools.loadkit import (
     KeyPacer,
@@ -51,7 +52,7 @@ from tether.tools.loadkit import (
     ToolReport,
     Verdict,
     delete_session,
-    first_project,
+    resolve_project,
 )
 from tether.tools.loaduser import (
     Refused,
@@ -68,6 +69,7 @@ from tether.tools.loaduser import (
 
 MB = 1_000_000
 SETTLE_SECONDS = 20.0
+SPAWN_BUDGET_MS = 5.0  # per shell spawn; docs/benchmarks.md: ~550 new sessions/s, under 2 ms each
 REPLAY_COMMAND = b"head -c 240000 /dev/urandom | base64 -w 120; echo __STRESS_''DONE__\r"
 REPLAY_DONE = b"__STRESS_DONE__"
 SHARES = {"same-key": 0.5, "new-key": 0.25, "concurrent-create": 0.1, "abort-replay": 0.15}
@@ -108,12 +110,12 @@ async def run_stress(
             embedded = StressOptions(**{**asdict(options), "url": server.base_url})
             return await run_stress(embedded, progress, strict=strict)
     try:
-        project = options.project or await first_project(options.url, options.token)
+        project = await resolve_project(options.url, options.project, options.token)
         breakers = await fetch_json(options.url, "/stats/circuit-breaker", token=options.token)
         thresholds = breakers["thresholds"]
     except Exception as exc:
         report = ToolReport("stress", options.url, options.project or "?", asdict(options))
-        report.error = f"cannot reach the server: {exc}"
+        report.error = str(exc) or type(exc).__name__  # one line: tether.client.problems
         return report
     report = ToolReport("stress", options.url, project, asdict(options), strict=strict)
     await _StressRun(options, project, thresholds["key"], report, progress).run()
@@ -141,9 +143,7 @@ class _StressRun:
         self.bystander_recorder = Recorder()
         self.token = options.token
         self.probe = ServerProbe(self.url, token=options.token)
-        self.plan = {
-            name: max(1, round(share * options.iterations)) for name, share in SHARES.items()
-        }
+        self.plan = share_out(options.iterations)
         self.done = 0
         self.phase = "baseline"
         self.started = time.monotonic()
@@ -152,7 +152,8 @@ class _StressRun:
 
     # -- bookkeeping -------------------------------------------------------------------------
     def _tick(self, amount: int = 1) -> None:
-        self.done += amount
+        if self.phase != "storm":  # its attempts are a fixed check, not iterations
+            self.done += amount
         if self.progress is not None:
             self.progress(
                 StressProgress(
@@ -230,8 +231,11 @@ class _StressRun:
         except (UserFailed, TimeoutError, AssertionError) as exc:
             self.recorder.error(f"{name}: {type(exc).__name__}: {exc}")
 
-    async def _workers(self, count: int, job: Callable[[int], Awaitable[None]]) -> None:
-        """Run ``job(i)`` for i in range(count) on ``concurrency`` workers."""
+    async def _workers(
+        self, count: int, job: Callable[[int], Awaitable[None]], *, iterations: bool = True
+    ) -> None:
+        """Run ``job(i)`` for i in range(count) on ``concurrency`` workers; each job is one
+        iteration (whatever its outcome) unless ``iterations`` is False (set-up, clean-up)."""
         indices = iter(range(count))
 
         async def worker() -> None:
@@ -240,6 +244,8 @@ class _StressRun:
                     await job(index)
                 except (UserFailed, TimeoutError, AssertionError) as exc:
                     self.recorder.error(f"{self.phase} #{index}: {exc}")
+                if iterations:
+                    self._tick()
 
         await asyncio.gather(*(worker() for _ in range(max(1, self.options.concurrency))))
 
@@ -272,9 +278,10 @@ class _StressRun:
         ]
         pacers = [KeyPacer(self.threshold, self.window) for _ in users]
         try:
-            await self._workers(keys, lambda i: self._start_user(users[i], pacers[i]))
+            start, finish = self._start_user, self._finish_user
+            await self._workers(keys, lambda i: start(users[i], pacers[i]), iterations=False)
             await self._workers(cycles, lambda i: self._cycle(users[i % keys], pacers[i % keys]))
-            await self._workers(keys, lambda i: self._finish_user(users[i], pacers[i]))
+            await self._workers(keys, lambda i: finish(users[i], pacers[i]), iterations=False)
         finally:
             await asyncio.gather(*(user.close() for user in users))
             await self._kill_leftovers(users)
@@ -293,7 +300,6 @@ class _StressRun:
         await user.cut(abrupt=self.rng.random() < 0.5)
         await user.send(self.rng.choice(b"abcdef").to_bytes(1, "big"))
         await user.wait_for(lambda: user.verified >= len(user.expected), 10, "an echo")
-        self._tick()
 
     async def _finish_user(self, user: TypingUser, pacer: KeyPacer) -> None:
         if user.failed or user.marker_end is None:
@@ -333,7 +339,6 @@ class _StressRun:
                 self.recorder.error(f"new key resume: unexpected hello {resumed.hello}")
             wire = resumed
         await self._exit(wire, "new key")
-        self._tick()
 
     async def _exit(self, wire: Wire, where: str) -> None:
         await wire.send(b"exit\r")
@@ -347,10 +352,10 @@ class _StressRun:
     async def _concurrent_create(self) -> None:
         group = self.threshold + 2 if self.options.concurrency >= self.threshold else 0
         group = group or max(2, self.options.concurrency)
-        rounds = max(1, math.ceil(self.plan["concurrent-create"] / group))
-        outcomes = [await self._create_round(group) for _ in range(rounds)]
+        sizes = group_sizes(self.plan["concurrent-create"], group)
+        outcomes = [await self._create_round(size) for size in sizes]
         self.checks["concurrent_create"] = {
-            "rounds": rounds,
+            "rounds": len(sizes),
             "group": group,
             "rounds_with_one_shell": sum(1 for ok in outcomes if ok),
         }
@@ -358,7 +363,10 @@ class _StressRun:
     async def _create_round(self, group: int) -> bool:
         session = session_id()
         results = await asyncio.gather(
-            *(self._open_quietly({"session": session, "client": client_id()}) for _ in range(group))
+            *(
+                self._timed_connect({"session": session, "client": client_id()})
+                for _ in range(group)
+            )
         )
         wires = [r for r in results if isinstance(r, Wire)]
         refused = [r for r in results if isinstance(r, Refused)]
@@ -387,6 +395,14 @@ class _StressRun:
         self._tick(group)
         return ok
 
+    async def _timed_connect(self, params: dict[str, str]) -> Wire | Refused:
+        """A connect of the concurrent creates: its time to the hello is a ``connect`` figure."""
+        started = time.perf_counter()
+        result = await self._open_quietly(params)
+        if isinstance(result, Wire):
+            self.recorder.latency(figures.CONNECT, time.perf_counter() - started)
+        return result
+
     async def _open_quietly(self, params: dict[str, str]) -> Wire | Refused:
         assert self.http is not None
         url = self.rng.choice(self.ws_urls)
@@ -400,6 +416,7 @@ class _StressRun:
         sources = await asyncio.gather(*(self._replay_source() for _ in range(count)))
         live = [s for s in sources if s is not None]
         if not live:
+            self._tick(cycles)  # tried: each failed for want of a source (the errors say why)
             return
         await self._workers(cycles, lambda i: self._replay_cycle(*live[i % len(live)]))
         for session, _, wire in live:
@@ -430,7 +447,6 @@ class _StressRun:
             self.recorder.error(f"replay of {session} from {offset} differs from the live stream")
         else:
             self.recorder.count("replays_exact")
-        self._tick()
 
     # -- phase: storm ------------------------------------------------------------------------
     async def _storm(self) -> None:
@@ -549,7 +565,7 @@ class _StressRun:
             "unaffected": len(by_ok),
             "unexpected_closes": by.counts["unexpected_closes"],
             "lines": by.counts["lines"],
-            "echo_ms": by.summary().get("echo", {}),
+            figures.ECHO: by.summary().get(figures.ECHO, {"count": 0}),
         }
         counts = self.recorder.counts
         self.report.figures = {
@@ -591,6 +607,7 @@ class _StressRun:
             Verdict("server RSS after vs before", "original", "within 10 MB",
                     f"{rss_delta:+.1f} MB", abs(rss_delta) <= 10),
             Verdict("server CPU within 10 s after", "original", "< 5 %", f"{cpu:.1f} %", cpu < 5),
+            self._burst_connect_verdict(),
         ]  # fmt: skip
         if self.probe.is_local:
             verdicts += [
@@ -601,6 +618,23 @@ class _StressRun:
             ]  # fmt: skip
         return verdicts
 
+    def _burst_connect_verdict(self) -> Verdict:
+        """Connects here come in bursts (``concurrency`` users created at once, groups of
+        concurrent creates): the server spawns their shells one after another on its event
+        loop, so the last hello of a burst of N waits for N spawns. Target: the plan's 100 ms
+        session latency plus :data:`SPAWN_BUDGET_MS` per connect of the largest burst."""
+        burst = max(self.options.concurrency, self.checks.get("concurrent_create", {}).get(
+            "group", 0))  # fmt: skip
+        target = figures.SESSION_LATENCY_TARGET_MS + SPAWN_BUDGET_MS * burst
+        p99 = self.recorder.summary().get(figures.CONNECT, {}).get("p99")
+        return Verdict(
+            f"{figures.CONNECT} p99, bursts of {burst} new sessions at once",
+            "tether",
+            f"< {target:g} ms",
+            "no samples" if p99 is None else f"{p99:.1f} ms",
+            p99 is not None and p99 < target,
+        )
+
 
 def _sample_json(sample: ProcessSample) -> dict[str, Any]:
     return {
@@ -609,3 +643,27 @@ def _sample_json(sample: ProcessSample) -> dict[str, Any]:
         "fds": sample.fds,
         "shells": sample.shells,
     }
+
+
+def share_out(iterations: int) -> dict[str, int]:
+    """The iterations of each phase in :data:`SHARES`: summing exactly to ``iterations``
+    (largest remainders), at least one each. The storm phase's fixed attempts are not
+    iterations."""
+    if iterations < len(SHARES):
+        raise ValueError(f"at least {len(SHARES)} iterations: one per phase")
+    exact = {name: share * iterations for name, share in SHARES.items()}
+    plan = {name: math.floor(value) for name, value in exact.items()}
+    by_remainder = sorted(SHARES, key=lambda name: plan[name] - exact[name])
+    for name in by_remainder[: iterations - sum(plan.values())]:
+        plan[name] += 1
+    for name in SHARES:
+        if plan[name] == 0:
+            plan[name] = 1
+            plan[max(plan, key=plan.__getitem__)] -= 1
+    return plan
+
+
+def group_sizes(total: int, group: int) -> list[int]:
+    """Rounds of at most ``group`` simultaneous connects, ``total`` connects in all."""
+    full, rest = divmod(total, group)
+    return [group] * full + ([rest] if rest else [])
