@@ -318,7 +318,7 @@ def test_breaker_opens_after_five_failures_then_ends_cleanly(
     paused = history[-1]
     assert paused["failures"] == 5 and paused["delay"] == pytest.approx(1.5)
     status = page.locator(".pane.active .status-text").inner_text()
-    assert status.startswith("paused after 5 failed attempts")
+    assert status.startswith("paused, next try in") and "after 5 failed attempts" in status
     assert page.locator(".pane.active .status-action").inner_text() == "retry now"
     shoot(page, "paused")
 

@@ -559,5 +559,6 @@ async def test_stats_and_memory(make: Make) -> None:
         "cols": 80,
         "rows": 24,
         "input_bytes": len("echo STATS-$((1+1))\r"),
+        "name": "",
     }
     assert session.memory_bytes < 64 * KiB, "an idle session holds little of its ring"

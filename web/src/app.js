@@ -2,9 +2,13 @@
 // Everything it loads comes from the server that served it: no other origin, no CDN.
 import { newClientId, terminalUrl } from './tether-client.js';
 import { TerminalPane } from './page/pane.js';
-import { PageStorage } from './page/storage.js';
+import { FONT_SIZES, PageStorage } from './page/storage.js';
 import { initialThemeName } from './page/themes.js';
 import { SHORTCUTS, shortcutFor } from './page/shortcuts.js';
+import { SOFT_KEYS, withCtrl } from './page/softkeys.js';
+import { pageTitle, terminalLabel } from './page/sessions.js';
+import { endSession, listMySessions, renameSession } from './page/my-sessions.js';
+import { SessionPanel } from './page/session-panel.js';
 
 const params = new URLSearchParams(location.search);
 const storage = new PageStorage();
@@ -19,6 +23,10 @@ const elements = {
   shortcuts: document.querySelector('#shortcuts'),
   shortcutList: document.querySelector('#shortcut-list'),
   notice: document.querySelector('#notice'),
+  fontSize: document.querySelector('#font-size'),
+  sessions: document.querySelector('#sessions'),
+  sessionPanel: document.querySelector('#session-panel'),
+  softkeys: document.querySelector('#softkeys'),
 };
 
 const page = {
@@ -32,31 +40,54 @@ const page = {
   layout: params.get('layout') ?? storage.loadLayout() ?? 'tabs',
   theme: initialThemeName(storage.loadTheme(), matchMedia('(prefers-color-scheme: dark)').matches),
   projects: [],
+  fontSize: storage.loadFontSize(),
+  /** Display names of sessions by key (GET api/me/sessions; shared with other windows). */
+  names: new Map(),
+  /** The phone's sticky Ctrl: applies to the next key typed, then lets go. */
+  ctrl: false,
 };
+
+const panel = new SessionPanel(elements.sessionPanel, {
+  list: () => refreshNames(),
+  open: (row) => openSession(row),
+  isShownHere: (row) => page.terminals.some((pane) => pane.sessionId === row.session),
+  rename: (key, name) => rename(key, name),
+  end: (key) => endSession(key),
+});
 
 // -- terminals ---------------------------------------------------------------------------
 
 function addTerminal({ project = elements.project.value || 'default', session = null } = {}) {
   const pane = new TerminalPane({
     project, session, url: page.url, clientId: page.clientId, theme: page.theme,
-    timeScale: page.timeScale, onChange: () => saveAndRender(), onFocus: (p) => activate(indexOf(p), false),
+    timeScale: page.timeScale, fontSize: page.fontSize, transformInput: applyStickyCtrl,
+    onChange: () => saveAndRender(), onFocus: (p) => activate(indexOf(p), false),
   });
+  pane.connection.on('hello', () => refreshNamesSoon());
   page.terminals.push(pane);
+  setColumns(); // before it opens: it connects with the size it will have
   pane.open(elements.panes);
   activate(page.terminals.length - 1);
   return pane;
 }
 
-function closeTerminal(index = page.active) {
+/** Close a terminal; `end: false` keeps its shell running (the session list reopens it). */
+function closeTerminal(index = page.active, { end = true } = {}) {
   const pane = page.terminals[index];
   if (!pane) return;
-  const key = pane.connection.hello?.key;
+  const key = pane.key;
   pane.dispose();
   page.terminals.splice(index, 1);
-  // Closing a terminal ends its shell; where the server refuses (auth), the idle timeout will.
-  if (key) fetch(`api/sessions/${encodeURIComponent(key)}`, { method: 'DELETE' }).catch(() => {});
+  if (key && end) endSession(key).catch(() => {}); // else the idle timeout ends it
   if (page.terminals.length === 0) addTerminal();
   else activate(Math.min(index, page.terminals.length - 1));
+}
+
+/** Show a session of the list: its terminal if one is open here, else a new one on it. */
+function openSession({ session, project }) {
+  const open = page.terminals.findIndex((pane) => pane.sessionId === session);
+  if (open >= 0) activate(open);
+  else addTerminal({ project, session });
 }
 
 function indexOf(pane) {
@@ -76,6 +107,82 @@ function activate(index, focus = true) {
 function cycle(step) {
   const count = page.terminals.length;
   activate((page.active + step + count) % count);
+}
+
+// -- names, titles, settings -------------------------------------------------------------
+
+/** Fetch the caller's sessions; remember their names; returns the entries. */
+async function refreshNames() {
+  const entries = await listMySessions();
+  page.names = new Map(entries.map((entry) => [entry.key, entry.name ?? '']));
+  render();
+  return entries;
+}
+
+let namesTimer = null;
+function refreshNamesSoon() {
+  clearTimeout(namesTimer);
+  namesTimer = setTimeout(() => {
+    refreshNames()
+      .then((entries) => { if (panel.isOpen) panel.refresh(entries); })
+      .catch(() => {}); // no listing (another front, an older server): tabs keep their titles
+  }, 200);
+}
+
+async function rename(key, name) {
+  await renameSession(key, name);
+  page.names.set(key, name);
+  render();
+}
+
+function labelOf(pane, index) {
+  return terminalLabel({ name: page.names.get(pane.key), title: pane.title, index, project: pane.project });
+}
+
+function setFontSize(size) {
+  page.fontSize = FONT_SIZES.includes(size) ? size : page.fontSize;
+  storage.saveFontSize(page.fontSize);
+  elements.fontSize.value = String(page.fontSize);
+  page.terminals.forEach((pane) => pane.setFontSize(page.fontSize));
+}
+
+function applyStickyCtrl(data) {
+  if (!page.ctrl) return data;
+  setCtrl(false);
+  return withCtrl(data);
+}
+
+function setCtrl(on) {
+  page.ctrl = on;
+  elements.softkeys.querySelector('[data-key=ctrl]')?.setAttribute('aria-pressed', String(on));
+}
+
+function pressSoftKey(key) {
+  const pane = page.terminals[page.active];
+  if (key === 'ctrl') setCtrl(!page.ctrl);
+  else if (pane) {
+    pane.sendKey(key, { ctrl: page.ctrl });
+    setCtrl(false);
+  }
+}
+
+function fillSoftKeys() {
+  elements.softkeys.replaceChildren(...SOFT_KEYS.map(({ key, label, title }) => {
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.dataset.key = key;
+    button.textContent = label;
+    button.title = title;
+    if (key === 'ctrl') button.setAttribute('aria-pressed', 'false');
+    return button;
+  }));
+  // Keep the terminal focused (and a phone's keyboard up) while a soft key is tapped.
+  elements.softkeys.addEventListener('pointerdown', (event) => event.preventDefault());
+  elements.softkeys.addEventListener('mousedown', (event) => event.preventDefault());
+  elements.softkeys.addEventListener('click', (event) => {
+    const key = event.target.closest('button')?.dataset.key;
+    if (key) pressSoftKey(key);
+  });
 }
 
 // -- layout, theme, rendering ------------------------------------------------------------
@@ -101,15 +208,21 @@ function saveAndRender() {
   render();
 }
 
-function render() {
+function setColumns() {
   const count = page.terminals.length;
-  elements.panes.dataset.layout = page.layout;
   elements.panes.style.setProperty('--columns', String(Math.ceil(Math.sqrt(count)) || 1));
+}
+
+function render() {
+  elements.panes.dataset.layout = page.layout;
+  setColumns();
   elements.layout.textContent = page.layout === 'grid' ? 'tabs' : 'grid';
   elements.layout.title = `Show the terminals as ${elements.layout.textContent} (Alt+Shift+G)`;
   elements.theme.textContent = page.theme === 'dark' ? 'light' : 'dark';
   page.terminals.forEach((pane, index) => pane.element.classList.toggle('active', index === page.active));
-  elements.tabs.replaceChildren(...page.terminals.map(renderTab));
+  if (!elements.tabs.querySelector('input')) elements.tabs.replaceChildren(...page.terminals.map(renderTab));
+  const active = page.terminals[page.active];
+  document.title = pageTitle(active ? labelOf(active, page.active) : '');
 }
 
 function renderTab(pane, index) {
@@ -119,14 +232,50 @@ function renderTab(pane, index) {
   tab.setAttribute('role', 'tab');
   tab.setAttribute('aria-selected', String(index === page.active));
   tab.dataset.state = pane.state;
-  tab.title = `${pane.sessionId ?? 'new session'} — ${pane.statusText()}`;
+  tab.title = `${pane.sessionId ?? 'new session'} — ${pane.statusText()} (double-click to rename)`;
   tab.innerHTML = '<span class="tab-dot"></span><span class="tab-title"></span><span class="tab-close" title="Close (Alt+Shift+W)">×</span>';
-  tab.querySelector('.tab-title').textContent = `${index + 1} · ${pane.project}`;
+  tab.querySelector('.tab-title').textContent = labelOf(pane, index);
   tab.addEventListener('click', (event) => {
     if (event.target.closest('.tab-close')) closeTerminal(index);
-    else activate(index);
+    else if (index !== page.active) activate(index); // (re-rendering the active one would lose a double-click)
+  });
+  tab.addEventListener('dblclick', (event) => {
+    if (!event.target.closest('.tab-close')) editTabName(tab, pane);
   });
   return tab;
+}
+
+function editTabName(tab, pane) {
+  const key = pane.key;
+  if (!key) return; // no session yet
+  const input = document.createElement('input');
+  input.className = 'tab-name';
+  input.value = page.names.get(key) ?? '';
+  input.maxLength = 64;
+  input.placeholder = pane.title || 'name';
+  input.setAttribute('aria-label', 'Session name');
+  tab.querySelector('.tab-title').replaceWith(input);
+  input.focus();
+  let finished = false;
+  const finish = async (save) => {
+    if (finished) return; // removing the input blurs it: once is enough
+    finished = true;
+    input.remove();
+    if (save) {
+      await rename(key, input.value.trim()).catch((error) => {
+        elements.notice.textContent = `Could not rename the session (${error.message}).`;
+        elements.notice.hidden = false;
+      });
+    }
+    render();
+    if (panel.isOpen) panel.refresh();
+  };
+  input.addEventListener('keydown', (event) => {
+    event.stopPropagation();
+    if (event.key === 'Enter') finish(true);
+    else if (event.key === 'Escape') finish(false);
+  });
+  input.addEventListener('blur', () => finish(true));
 }
 
 // -- shortcuts ---------------------------------------------------------------------------
@@ -139,6 +288,7 @@ const ACTIONS = {
   'toggle-layout': () => setLayout(page.layout === 'grid' ? 'tabs' : 'grid'),
   'toggle-theme': () => setTheme(page.theme === 'dark' ? 'light' : 'dark'),
   search: () => page.terminals[page.active]?.openSearch(),
+  sessions: () => panel.toggle(),
   help: () => toggleHelp(),
 };
 
@@ -218,6 +368,11 @@ async function start() {
   elements.layout.addEventListener('click', ACTIONS['toggle-layout']);
   elements.theme.addEventListener('click', ACTIONS['toggle-theme']);
   elements.help.addEventListener('click', toggleHelp);
+  elements.sessions.addEventListener('click', ACTIONS.sessions);
+  elements.fontSize.replaceChildren(...FONT_SIZES.map((size) => new Option(`${size} px`, String(size))));
+  elements.fontSize.value = String(page.fontSize);
+  elements.fontSize.addEventListener('change', () => setFontSize(Number(elements.fontSize.value)));
+  fillSoftKeys();
   window.addEventListener('keydown', onKeyDown, true);
   const saved = storage.loadTerminals();
   const wantedActive = storage.loadActive();
@@ -230,6 +385,7 @@ window.tether = {
   get terminals() { return page.terminals; },
   get active() { return page.active; },
   get clientId() { return page.clientId; },
-  addTerminal, closeTerminal, activate, setLayout, setTheme,
+  addTerminal, closeTerminal, activate, setLayout, setTheme, setFontSize,
+  sessionPanel: panel,
   ready: start(),
 };

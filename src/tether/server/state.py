@@ -64,6 +64,7 @@ class EndReason(enum.Enum):
     EXITED = (CloseCode.EXITED, "shell exited")
     REAPED = (CloseCode.NOT_FOUND, "session idle-reaped")
     KILLED = (CloseCode.TERMINATED, "session terminated by an operator")
+    ENDED = (CloseCode.TERMINATED, "session ended by its owner")
     SHUTDOWN = (CloseCode.GOING_AWAY, "server shutting down")
     # A cluster node that was lost finds another node took the key (docs/scaling.md).
     FENCED = (CloseCode.NOT_FOUND, "node lost: session taken over by another node")

@@ -8,6 +8,7 @@ import { TerminalBinding, TetherConnection } from '../tether-client.js';
 import { describeStatus } from './status.js';
 import { FONT_FAMILY, THEMES } from './themes.js';
 import { copyText } from './clipboard.js';
+import { softKeyBytes } from './softkeys.js';
 
 const PANE_HTML = `
   <div class="pane-term"></div>
@@ -42,6 +43,9 @@ export class TerminalPane {
    * @param {string} options.clientId
    * @param {string} options.theme      'dark' | 'light'
    * @param {number} options.timeScale
+   * @param {number} options.fontSize
+   * @param {(data: string) => string} [options.transformInput]  what typed input becomes
+   *   (the phone's sticky Ctrl)
    * @param {(pane: TerminalPane) => void} options.onChange  the session id or status changed
    * @param {(pane: TerminalPane) => void} options.onFocus
    */
@@ -65,7 +69,7 @@ export class TerminalPane {
     };
     this._parts.project.textContent = this.project;
     this.term = new Terminal({
-      fontFamily: FONT_FAMILY, fontSize: 14, lineHeight: 1.1, cursorBlink: true,
+      fontFamily: FONT_FAMILY, fontSize: options.fontSize ?? 14, lineHeight: 1.1, cursorBlink: true,
       scrollback: 10000, theme: THEMES[options.theme], allowProposedApi: true,
     });
     this.fit = new FitAddon();
@@ -80,6 +84,10 @@ export class TerminalPane {
     this.binding = null;
     /** The connection's state events, newest last (for tests and debugging). */
     this.history = [];
+    /** The shell's title (OSC 0/2), empty until it sets one. */
+    this.title = '';
+    this._transformInput = options.transformInput ?? ((data) => data);
+    this._lastReason = '';
     this._statusTimer = null;
     this._wireDom(options.onFocus);
   }
@@ -93,9 +101,13 @@ export class TerminalPane {
       if (this.term.hasSelection()) copyText(this.term.getSelection());
     });
     this.term.onResize(({ cols, rows }) => { this._parts.size.textContent = `${cols}×${rows}`; });
+    this.term.onTitleChange((title) => {
+      this.title = title.slice(0, 120);
+      this._onChange(this);
+    });
     this.fitToContainer();
     this._parts.size.textContent = `${this.term.cols}×${this.term.rows}`;
-    this.binding = new TerminalBinding(this.connection, this.term);
+    this.binding = new TerminalBinding(this.connection, this._inputTerminal());
     this._wireConnection();
     this.connection.connect();
     this._resizeObserver = new ResizeObserver(() => this.fitToContainer());
@@ -146,6 +158,21 @@ export class TerminalPane {
 
   setTheme(name) { this.term.options.theme = THEMES[name]; }
 
+  setFontSize(size) {
+    this.term.options.fontSize = size;
+    this.fitToContainer();
+  }
+
+  /** The session's key once a hello named it (null before). */
+  get key() { return this.connection.hello?.key ?? null; }
+
+  /** Send a soft key (softkeys.js), in the cursor-key mode the program asked for. */
+  sendKey(key, { ctrl = false } = {}) {
+    const applicationCursor = Boolean(this.term.modes?.applicationCursorKeysMode);
+    const bytes = softKeyBytes(key, { applicationCursor, ctrl });
+    if (bytes) this.connection.send(bytes);
+  }
+
   openSearch() {
     this._parts.search.hidden = false;
     this._parts.searchInput.select();
@@ -175,11 +202,16 @@ export class TerminalPane {
       if (this.history.length > 200) this.history.shift();
       this._renderStatus();
     });
-    connection.on('hello', () => {
+    connection.on('hello', (hello) => {
+      // The pane may have been resized while connecting (a layout change): the size sent
+      // with the connect is then stale, and the client sends a resize only once attached.
+      const { cols, rows } = this.term;
+      if (hello.cols !== cols || hello.rows !== rows) connection.resize(cols, rows);
       this._parts.session.textContent = connection.session;
       connection.ping();
       this._onChange(this);
     });
+    connection.on('close', ({ reason }) => { this._lastReason = reason; });
     connection.on('latency', (ms) => { this._parts.latency.textContent = `${Math.round(ms)} ms`; });
     connection.on('reset', (why) => {
       if (why === 'new-session') this._parts.session.textContent = 'no session yet';
@@ -189,10 +221,11 @@ export class TerminalPane {
 
   _renderStatus() {
     const info = this.connection.stateInfo;
-    const view = describeStatus(info, Date.now());
+    const view = describeStatus({ ...info, lastReason: this._lastReason }, Date.now());
     this.element.dataset.state = info.state;
     this._parts.dot.dataset.tone = view.tone;
     this._parts.text.textContent = view.text;
+    this._parts.text.title = view.text;
     this._parts.action.hidden = !view.action;
     this._parts.action.textContent = view.actionLabel ?? '';
     this._parts.action.dataset.action = view.action ?? '';
@@ -204,6 +237,19 @@ export class TerminalPane {
       this._statusTimer = null;
     }
     this._onChange(this);
+  }
+
+  /** The terminal as the binding sees it: typed input passes through transformInput. */
+  _inputTerminal() {
+    const term = this.term;
+    return {
+      get cols() { return term.cols; },
+      get rows() { return term.rows; },
+      onData: (listener) => term.onData((data) => listener(this._transformInput(data))),
+      onBinary: (listener) => term.onBinary(listener),
+      onResize: (listener) => term.onResize(listener),
+      write: (data, callback) => term.write(data, callback),
+    };
   }
 
   _runAction(action) {

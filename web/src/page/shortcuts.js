@@ -10,6 +10,8 @@ export const SHORTCUTS = [
   { keys: 'Alt+Shift+1…9', name: 'go-to-N', label: 'go to terminal N' },
   { keys: 'Alt+Shift+G', name: 'toggle-layout', label: 'tabs ⇄ grid' },
   { keys: 'Alt+Shift+L', name: 'toggle-theme', label: 'dark ⇄ light theme' },
+  { keys: 'Alt+Shift+S', name: 'sessions', label: 'your sessions: open, rename, end' },
+  { keys: 'double-click a tab', name: null, label: 'rename its session' },
   { keys: 'Ctrl+Shift+F', name: 'search', label: 'search the scrollback (Enter: next, Shift+Enter: previous)' },
   { keys: 'select', name: null, label: 'copies the selection' },
   { keys: 'Ctrl+Shift+C / V', name: null, label: 'copy / paste (or the context menu)' },
@@ -19,6 +21,7 @@ export const SHORTCUTS = [
 const ALT_SHIFT = {
   KeyN: 'new-terminal', KeyW: 'close-terminal', ArrowRight: 'next-terminal',
   ArrowLeft: 'previous-terminal', KeyG: 'toggle-layout', KeyL: 'toggle-theme', Slash: 'help',
+  KeyS: 'sessions',
 };
 
 /**

@@ -35,11 +35,26 @@ export function describeExit(exit) {
   return exit.code === null || exit.code === undefined ? 'shell exited' : `shell exited (code ${exit.code})`;
 }
 
+// Codes whose server reason is a whole sentence of its own (who ended the session): shown
+// instead of the generic one, never after it ("terminated (terminated)").
+const REASON_SAYS_IT = new Set([4013]);
+
 /** The ending sentence for an `ended` state: what happened, then the server's reason. */
 export function describeEnding({ code, reason, exit }) {
   if (code === 4012) return describeExit(exit);
   const known = ENDINGS[code] ?? `ended (code ${code})`;
-  return reason ? `${known} (${reason})` : known;
+  if (!reason || known.includes(reason)) return known;
+  return REASON_SAYS_IT.has(code) ? reason : `${known} (${reason})`;
+}
+
+/** Why the last attempt failed, as the server said it (a 1006 drop says nothing). */
+function why(info) {
+  return info.reason || info.lastReason || '';
+}
+
+function withReason(text, info, fallback = '') {
+  const reason = why(info) || fallback;
+  return reason ? `${text} · ${reason}` : text;
 }
 
 /**
@@ -51,19 +66,23 @@ export function describeStatus(info, now) {
   switch (info.state) {
     case 'idle':
     case 'connecting':
-      if (info.trial) return { tone: 'busy', text: 'trying to reconnect…', action: null };
-      return { tone: 'busy', text: info.attempt > 0 ? `reconnecting (attempt ${info.attempt})…` : 'connecting…', action: null };
+      if (info.trial) return { tone: 'busy', text: withReason('trying to reconnect…', info), action: null };
+      if (!(info.attempt > 0)) return { tone: 'busy', text: 'connecting…', action: null };
+      return { tone: 'busy', text: withReason(`reconnecting (attempt ${info.attempt})…`, info), action: null };
     case 'connected':
       return { tone: 'ok', text: 'connected', action: null };
     case 'reconnecting':
+      // The countdown first: a narrow pane cuts the end of the line, not the number.
       return {
-        tone: 'wait', text: `connection lost, reconnecting in ${seconds(info.at - now)} s`,
+        tone: 'wait', text: withReason(`reconnecting in ${seconds(info.at - now)} s`, info, 'connection lost'),
         action: 'retry', actionLabel: 'retry now',
       };
     case 'paused':
       return {
         tone: 'paused',
-        text: `paused after ${info.failures} failed attempts, next try at ${clock(info.at)} (${seconds(info.at - now)} s)`,
+        text: withReason(
+          `paused, next try in ${seconds(info.at - now)} s (${clock(info.at)}) after ${info.failures} failed attempts`, info,
+        ),
         action: 'retry', actionLabel: 'retry now',
       };
     case 'ended':

@@ -7,6 +7,10 @@ const ACTIVE = 'tether.active';
 const LAYOUT = 'tether.layout';
 const PROJECT = 'tether.project';
 const THEME = 'tether.theme';
+const FONT_SIZE = 'tether.fontSize';
+
+export const FONT_SIZES = [10, 11, 12, 13, 14, 16, 18, 20, 24];
+export const DEFAULT_FONT_SIZE = 14;
 
 function read(storage, key, fallback) {
   try {
@@ -46,4 +50,12 @@ export class PageStorage {
   saveProject(project) { write(this._session, PROJECT, project); }
   loadTheme() { return read(this._local, THEME, null); }
   saveTheme(theme) { write(this._local, THEME, theme); }
+
+  /** The terminals' font size in pixels: one of FONT_SIZES (anything else: the default). */
+  loadFontSize() {
+    const size = read(this._local, FONT_SIZE, DEFAULT_FONT_SIZE);
+    return FONT_SIZES.includes(size) ? size : DEFAULT_FONT_SIZE;
+  }
+
+  saveFontSize(size) { write(this._local, FONT_SIZE, size); }
 }

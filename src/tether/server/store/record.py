@@ -27,6 +27,20 @@ RECORD_VERSION = 1
 """The format of :meth:`SessionRecord.to_dict` and :meth:`Tombstone.to_dict`; bumped on any
 change a reader of the previous format would misread."""
 
+NAME_MAX = 64
+"""The longest display name (characters) a session may be given."""
+
+
+def check_display_name(name: object) -> str | None:
+    """Why ``name`` cannot be a session's display name (None: it can; empty clears it)."""
+    if not isinstance(name, str):
+        return "name must be a string"
+    if len(name) > NAME_MAX:
+        return f"name must be at most {NAME_MAX} characters"
+    if not name.isprintable():
+        return "name must be printable (no control characters)"
+    return None
+
 
 @dataclass(frozen=True)
 class SessionRecord:
@@ -60,7 +74,6 @@ class SessionRecord:
         *,
         now: float,
         wall_now: float,
-        name: str = "",
         end: tuple[int, str] | None = None,
     ) -> SessionRecord:
         """The record of a live session; ``now`` is the session clock's reading (monotonic),
@@ -80,7 +93,7 @@ class SessionRecord:
             last_activity=wall_now - (now - info.last_activity),
             state=session.state,
             input_counts=info.input_counts,
-            name=name,
+            name=info.name,
             end_code=end_code,
             end_reason=end_reason,
         )
@@ -121,7 +134,7 @@ class SessionRecord:
             last_activity=fields.time("last_activity"),
             state=fields.state("state"),
             input_counts=fields.input_counts("input_counts"),
-            name=fields.text("name", allow_empty=True),
+            name=fields.optional_text("name"),
             end_code=fields.optional_code("end_code"),
             end_reason=fields.text("end_reason", allow_empty=True),
         )
@@ -216,6 +229,10 @@ class _Fields:
         if not isinstance(value, str) or not (value or allow_empty):
             raise self._fail(name, "a string" if allow_empty else "a non-empty string")
         return value
+
+    def optional_text(self, name: str) -> str:
+        """A string that records written before the field existed lack: empty then."""
+        return self.text(name, allow_empty=True) if name in self.data else ""
 
     def count(self, name: str, minimum: int = 0) -> int:
         value = self._get(name)
