@@ -3,6 +3,8 @@
 - ``tether``: ``python -m tether serve`` (tether.tools.embedded.EmbeddedServer), protocol tether.v1.
 - ``terminado``: bench/terminado_server.py (tornado + terminado's NamedTermManager) in a subprocess,
   with the same shell and a temporary HOME; JSON ``["stdin", …]`` / ``["stdout", …]`` frames.
+- ``asgi``: tether's ASGI front (``tether.asgi``) under a uvicorn subprocess
+  (``uvicorn --factory tether.asgi:from_environment``), same settings as ``tether``.
 - ``pty``: the floor — the bench process itself spawns the shell on a PTY and reads the master fd
   (``tether.server.pty.spawn``, posix_spawn); no network, no server.
 
@@ -18,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -214,6 +217,76 @@ class TetherTarget(Target):
         return psutil.Process(self.worker_pid)
 
 
+async def stop_subprocess(
+    http: aiohttp.ClientSession | None, proc: asyncio.subprocess.Process | None, workdir: Path
+) -> None:
+    """Close the client session, SIGTERM the server (SIGKILL after 20 s), remove its folder."""
+    if http is not None:
+        await http.close()
+    if proc is not None and proc.returncode is None:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+class AsgiTarget(TetherTarget):
+    """The same server behind the ASGI front, under uvicorn (its defaults: uvloop, httptools,
+    the websockets sans-I/O protocol); settings as ``TETHER_*`` variables."""
+
+    def __init__(self, shell: str = SHELL) -> None:
+        super().__init__(shell=shell, name="asgi")
+        self.shell = shell
+        self.proc: asyncio.subprocess.Process | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="bench-asgi-"))
+
+    async def start(self) -> None:
+        (self.workdir / "home").mkdir(exist_ok=True)
+        (self.workdir / "project").mkdir(exist_ok=True)
+        listener = socket.socket()
+        # uvicorn takes an --fd socket for a Unix one and leaves Nagle on: accepted sockets
+        # inherit TCP_NODELAY from the listener (Linux), else small frames wait 40 ms for ACKs.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4096)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.workdir / "home"),
+            "LANG": "C.UTF-8",
+            "TETHER_AUTH": "none",
+            "TETHER_PROJECTS": f"default={self.workdir / 'project'}",
+            "TETHER_SHELL": self.shell,
+            "TETHER_LOG_FILE": str(self.workdir / "server.log"),
+            "TETHER_MAX_SESSIONS": "5000",
+            "TETHER_IDLE_TIMEOUT": "3600",
+            "TETHER_STORM_THRESHOLD": "100000",
+        }
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "uvicorn", "--factory", "tether.asgi:from_environment",
+            "--fd", str(listener.fileno()), "--no-access-log", "--log-level", "warning",
+            cwd=self.workdir, env=env, pass_fds=(listener.fileno(),),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        port = listener.getsockname()[1]
+        listener.close()
+        base = f"http://127.0.0.1:{port}"
+        self.url, self.http = websocket_url(base), new_http()
+        for _ in range(600):  # up to 30 s for uvicorn to import and serve
+            with contextlib.suppress(aiohttp.ClientError):
+                async with self.http.get(base + "/healthz") as response:
+                    if response.status == 200:
+                        break
+            await asyncio.sleep(0.05)
+        self.worker_pid = self.proc.pid
+
+    async def stop(self) -> None:
+        await stop_subprocess(self.http, self.proc, self.workdir)
+
+
 class TerminadoTarget(Target):
     name = "terminado"
 
@@ -246,16 +319,7 @@ class TerminadoTarget(Target):
         self.http = new_http()
 
     async def stop(self) -> None:
-        if self.http is not None:
-            await self.http.close()
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 20)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        await stop_subprocess(self.http, self.proc, self.workdir)
 
     async def open(self, name: str | None = None) -> tuple[Link, str]:
         assert self.http is not None
@@ -302,14 +366,17 @@ def make_target(
     pythons: dict[str, str] | None = None,
     extra_args: dict[str, tuple[str, ...]] | None = None,
 ) -> Target:
-    """``tether``, ``terminado``, ``pty``, or a tether variant named by ``--python NAME=PATH``
-    (another venv's tether: bench/baseline.sh) and/or ``--serve-args NAME=ARGS``."""
+    """``tether``, ``asgi``, ``terminado``, ``pty``, or a tether variant named by
+    ``--python NAME=PATH`` (another venv's tether: bench/baseline.sh) and/or
+    ``--serve-args NAME=ARGS``."""
     pythons, extra_args = pythons or {}, extra_args or {}
     if name == "tether" or name in pythons or name in extra_args:
         args = (*tether_args, *extra_args.get(name, ()))
         return TetherTarget(*args, shell=shell, python=pythons.get(name), name=name)
     if name == "terminado":
         return TerminadoTarget(shell)
+    if name == "asgi":
+        return AsgiTarget(shell)
     if name == "pty":
         return PtyTarget(shell)
     raise ValueError(name)
