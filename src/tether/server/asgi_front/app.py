@@ -79,7 +79,7 @@ class TetherApp:
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
 
-    async def _http(self, scope: Scope, receive: Receive) -> http.Response:
+    async def _http(self, scope: Scope, receive: Receive) -> http.Response | http.Stream:
         if route_of(scope) == "/" and not str(scope.get("path", "")).endswith("/"):
             # The page's links are relative: /term must become /term/.
             return http.Response(308, b"", "text/plain", {"Location": _slashed(scope)})
