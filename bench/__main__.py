@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.targets import make_target
+from bench.targets import TARGET_NAMES, make_target
 from bench.workloads import HEAVY, LIGHT
 from tether.tools.embedded import SHELL
 
@@ -153,7 +153,9 @@ def plot(result: dict[str, Any], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--targets", default="tether,terminado,pty", help="tether, terminado, pty, or a NAME below"
+        "--targets",
+        default="tether,terminado,pty",
+        help=f"comma-separated: {', '.join(TARGET_NAMES)}, or a NAME below",
     )
     parser.add_argument(
         "--python",

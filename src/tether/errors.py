@@ -15,6 +15,7 @@ TetherError
 └── ClientError            raised by the client library
     ├── SessionEnded       the session is gone for good (stop code: 4004, 4012, 4013, …)
     ├── ConnectFailed      a connect attempt failed (unreachable, timeout, retry code)
+    ├── UnknownProject     the server does not offer the project asked for (a usage error)
     └── RemoteProtocolError the server broke the protocol (the client closes with 1002)
 
 Two kinds of error, as h11 has them: ``MisuseError`` is a bug in the code that called tether;
@@ -84,6 +85,11 @@ class SpawnError(TetherError):
     """The shell could not be started (missing program, bad directory, no PTY left)."""
 
 
+class OutOfResources(SpawnError):
+    """The machine had no PTY, file descriptor or process left for a new shell: the server is
+    full (1013), not broken (no start-failure breaker counts it)."""
+
+
 class HandoverError(TetherError):
     """The state handed from one server process to the next (an upgrade's memfd, the
     file-descriptor store after a crash) is of an unknown version or malformed; or an upgrade
@@ -130,6 +136,17 @@ class ConnectFailed(ClientError):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class UnknownProject(ClientError):
+    """The server does not offer ``project``: bad input (the CLI exits 2), not a failed run.
+
+    The message names the projects it does offer (:func:`tether.client.problems.unknown_project`).
+    """
+
+    def __init__(self, message: str, project: str) -> None:
+        super().__init__(message)
+        self.project = project
 
 
 class RemoteProtocolError(ClientError):

@@ -6,8 +6,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
+
+from tests.support.server import ServerProcess, server_stats, start_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,3 +49,32 @@ def test_unreachable_server_is_one_line_with_the_same_words(
         f"cannot reach the server at http://127.0.0.1:{dead_port}: "
         "connection refused (is the server running?)"
     )
+
+
+TOOLS = [
+    ("check", "--scenario", "connect"),
+    ("load", "--duration", "1", "--connections", "1"),
+    ("stress", "--iterations", "10"),
+]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with start_server() as running:
+        yield running
+
+
+@pytest.mark.parametrize("command", TOOLS, ids=lambda command: command[0])
+def test_an_unknown_project_is_bad_input_not_a_failed_run(
+    command: tuple[str, ...], server: ServerProcess
+) -> None:
+    argv = [sys.executable, "-m", "tether", *command, "--url", server.base_url]
+    argv += ["--project", "nope", "--json"]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+    assert (done.returncode, done.stdout) == (2, "")  # exit 2, and no report even with --json
+    assert done.stderr.splitlines() == [
+        f"tether {command[0]}: unknown project 'nope' (this server has: default)"
+    ]
+    assert server_stats(server.base_url)["sessions"] == []  # it started nothing

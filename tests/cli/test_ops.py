@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -170,3 +171,50 @@ def test_stats_against_a_tether_serve_process(capsys) -> None:
         assert data["sessions"]["totals"]["sessions"] == 0
         assert main(["sessions", "list", "--url", server.base_url]) == 0
         assert capsys.readouterr().out.strip() == "no sessions"
+
+
+async def _rename(base_url: str, key: str, name: str) -> None:
+    """``PATCH /api/me/sessions/{key}``: what the page's session list does to rename one."""
+    request = urllib.request.Request(
+        f"{base_url}/api/me/sessions/{key}",
+        data=json.dumps({"name": name}).encode(),
+        method="PATCH",
+        headers={"Content-Type": "application/json"},
+    )
+    with await asyncio.to_thread(urllib.request.urlopen, request, timeout=5) as response:
+        assert response.status == 200
+
+
+async def test_sessions_list_shows_display_names_and_json_only_on_stdout(capsys, tmp_path) -> None:
+    async with inprocess_server() as srv:
+        named = await must_connect(srv.ws_url, project="default")
+        plain = await must_connect(srv.ws_url, project="default")
+        status, out, _ = await run(capsys, "sessions", "list", "--url", srv.base_url)
+        assert status == 0 and " name " not in out  # nobody named one: no empty column
+        await _rename(srv.base_url, named.hello["key"], "db [prod] ✓")
+        status, out, _ = await run(capsys, "sessions", "list", "--url", srv.base_url)
+        assert status == 0 and " name " in out
+        rows = {line.split()[1]: line for line in out.splitlines() if "default" in line}
+        assert "db [prod] ✓" in rows[named.hello["key"]]  # markup-like text shown as typed
+        assert " - " in rows[plain.hello["key"]]
+        report = tmp_path / "sessions.json"
+        argv = ("sessions", "list", "--url", srv.base_url, "--json", "--out", str(report))
+        status, out, err = await run(capsys, *argv)
+        assert (status, err) == (0, "")
+        listed = json.loads(out)  # stdout is the JSON and nothing else
+        assert {s["key"]: s["name"] for s in listed} == {
+            named.hello["key"]: "db [prod] ✓",
+            plain.hello["key"]: "",
+        }
+        assert json.loads(report.read_text()) == listed
+        status, out, _ = await run(
+            capsys, "stats", "--url", srv.base_url, "--json", "--out", str(report)
+        )
+        assert status == 0 and json.loads(out) == json.loads(report.read_text())
+        status, out, err = await run(
+            capsys, "sessions", "list", "--url", srv.base_url, "--project", "zz"
+        )
+        assert (status, out) == (2, "")
+        assert err.strip() == "tether: unknown project 'zz' (this server has: default)"
+        for conn in (named, plain):
+            await conn.close()

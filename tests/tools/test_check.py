@@ -105,14 +105,6 @@ def test_dead_url_json_fails_too(capsys: pytest.CaptureFixture[str]) -> None:
     assert status != 0 and report["passed"] is False and "cannot reach" in report["error"]
 
 
-def test_unknown_project_fails(server: ServerProcess, capsys: pytest.CaptureFixture[str]) -> None:
-    status, report = run_json(
-        capsys, "--url", server.base_url, "--project", "nope", "--scenario=connect"
-    )
-    assert status == 1 and report["scenarios"] == []
-    assert report["error"] == "unknown project 'nope' (this server has: default)"
-
-
 def test_embedded_server_when_no_url(capsys: pytest.CaptureFixture[str]) -> None:
     status, report = run_json(capsys, "--scenario", "connect", "--time-scale", "0.01")
     assert status == 0 and report["passed"] is True

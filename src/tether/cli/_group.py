@@ -1,17 +1,20 @@
 """The ``tether`` click group every command module registers itself with, and what the commands
-that print reports share: ``--json`` / ``--out FILE``, plain-text figures, exit status 1."""
+that print reports share: ``--json`` / ``--out FILE``, plain-text figures, exit status 1 (a failed
+report), 2 (bad input) or 130 (interrupted)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 
 from tether._version import __version__
+from tether.errors import UnknownProject
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +41,28 @@ class CommandFailed(click.ClickException):
         """Nothing more to say: the command has already explained."""
 
 
+class BadInput(click.ClickException):
+    """A tool was given something the server does not have (a project): one line, exit 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(self.message, err=True)
+
+
+@contextlib.contextmanager
+def tool_run(tool: str) -> Iterator[None]:
+    """Around a tool's ``asyncio.run``: Ctrl-C (the tool ended its sessions on the way out) is
+    one line and exit 130; an unknown project is one line and exit 2, no report."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"tether {tool}: interrupted; the sessions it opened were ended", err=True)
+        raise click.exceptions.Exit(130) from None
+    except UnknownProject as exc:
+        raise BadInput(f"tether {tool}: {exc}") from None
+
+
 def report_options(command: F) -> F:
     """``--json`` (the report as JSON on stdout, and nothing else there) and ``--out FILE``."""
     command = click.option(
@@ -53,7 +78,7 @@ def report_options(command: F) -> F:
     )(command)
 
 
-def emit_report(data: dict[str, Any], as_json: bool, out_file: str | None) -> None:
+def emit_report(data: Any, as_json: bool, out_file: str | None) -> None:
     """Print (``--json``) and/or write (``--out``) a report's JSON."""
     text = json.dumps(data, indent=2)
     if as_json:

@@ -18,6 +18,7 @@ from tether.cli._group import (
     figure_lines,
     report_console,
     report_options,
+    tool_run,
 )
 from tether.client import websocket_url
 from tether.client.credentials import stored_token
@@ -144,11 +145,8 @@ def check(
         progress=_progress_printer(report_console(stderr=True)),
         also=urls[1:],
     )
-    try:
+    with tool_run("check"):
         report = asyncio.run(work)
-    except KeyboardInterrupt:  # the run was cancelled: its sessions were ended on the way out
-        click.echo("tether check: interrupted; the sessions it opened were ended", err=True)
-        raise click.exceptions.Exit(130) from None
     emit_report(report.to_json(), as_json, out_file)
     if report.error:
         click.echo(f"tether check: {report.error}", err=True)

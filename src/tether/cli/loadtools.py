@@ -1,4 +1,5 @@
-"""``tether load`` and ``tether stress``: live progress (rich), a final report, exit 1 on FAIL."""
+"""``tether load`` and ``tether stress``: live progress (rich), a final report, exit 1 on FAIL
+(2: an unknown project; 130: interrupted, every session they opened ended)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tether.cli._group import (
     figure_lines,
     report_console,
     report_options,
+    tool_run,
 )
 from tether.client import websocket_url
 from tether.client.credentials import stored_token
@@ -128,9 +130,13 @@ def _print_report(report: dict[str, Any], verdicts: list[Verdict], strict: bool)
     console.print(f"{verdict}[/] — {report['tool']} against {report['url']}")
 
 
-def _run_live(title: str, rows: Callable[[Any], list[tuple[str, str]]], work: Any) -> Any:
+def _run_live(
+    tool: str, title: str, rows: Callable[[Any], list[tuple[str, str]]], work: Any
+) -> Any:
+    """Run ``work(show)`` under a live progress display (stderr); Ctrl-C and an unknown project
+    end the command as :func:`tool_run` says."""
     console = Console(stderr=True)
-    with Live(console=console, refresh_per_second=4, transient=True) as live:
+    with tool_run(tool), Live(console=console, refresh_per_second=4, transient=True) as live:
 
         def show(progress: Any) -> None:
             live.update(_progress_table(title, rows(progress)))
@@ -199,6 +205,7 @@ def load(
         token=token or (stored_token(first) if first is not None else None),
     )
     report = _run_live(
+        "load",
         f"tether load — {connections} users × {duration:g} s",
         _load_rows,
         lambda show: run_load(options, show, strict=strict),
@@ -245,6 +252,7 @@ def stress(
         token=token or (stored_token(first) if first is not None else None),
     )
     report = _run_live(
+        "stress",
         f"tether stress — {iterations} iterations",
         _stress_rows,
         lambda show: run_stress(options, show, strict=strict),

@@ -2,7 +2,8 @@
 
 Every command talks to a running server over its HTTP API (docs/protocol.md, section 9), so it works
 the same against a local server, a remote one, or one behind a proxy. Errors (server
-unreachable, 404, 401/403) are one line on stderr and exit status 1.
+unreachable, 404, 401/403) are one line on stderr and exit status 1; a ``--project`` the server
+does not have is one line naming those it has, exit status 2.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from typing import Any, BinaryIO, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from tether.cli._group import cli
+from tether.cli._group import cli, emit_report, report_options
 from tether.client import http_url
 from tether.client.credentials import stored_token
 from tether.client.problems import reason, unknown_project, unknown_session, unreachable
@@ -157,10 +159,6 @@ def _server_options(command: F) -> F:
     )(command)
 
 
-def _json_out(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
 # ------------------------------------------------------------------------------ rendering
 def _console() -> Console:
     # Piped output keeps whole keys on one line (grep-able); a terminal gets its own width.
@@ -190,10 +188,12 @@ _BREAKER_STYLE = {"open": "bold red", "half_open": "yellow", "closed": "green"}
 
 
 def _sessions_table(sessions: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     # In a cluster, a session of another node has no live figures here (clients, buffered).
     clustered = len({entry.get("node") for entry in sessions}) > 1
-    columns = ("key", "project", "owner", "state", "pid", "clients", "buffered", "active")
+    named = any(entry.get("name") for entry in sessions)  # display names given by their owners
+    columns: tuple[str, ...] = ("key", "project", "owner", "state", "pid", "clients", "buffered")
+    columns = (columns[0], *(["name"] if named else []), *columns[1:], "active")
     for name in (*columns, "node") if clustered else columns:
         table.add_column(name, no_wrap=name == "key")
     now = time.time()
@@ -201,9 +201,10 @@ def _sessions_table(sessions: list[dict[str, Any]], title: str) -> Table:
         state = entry.get("state", "?")
         buffered = entry.get("buffered_bytes")
         row = [
-            entry["key"],
-            entry.get("project", "?"),
-            entry.get("owner", "?"),
+            escape(entry["key"]),
+            *([escape(entry.get("name") or "-")] if named else []),
+            escape(entry.get("project", "?")),
+            escape(entry.get("owner", "?")),
             f"[{_STATE_STYLE.get(state, '')}]{state}[/]",
             str(entry.get("pid", "-")),
             str(entry.get("clients", "-")),
@@ -287,9 +288,14 @@ def _thresholds(breakers: dict[str, Any]) -> str:
 @_server_options
 @click.option("--project", default=None, help="only sessions of this project")
 @click.option("--owner", default=None, help="only sessions of this owner")
-@click.option("--json", "as_json", is_flag=True, help="print JSON (for scripts)")
+@report_options
 def stats(
-    url: str, token: str | None, project: str | None, owner: str | None, as_json: bool
+    url: str,
+    token: str | None,
+    project: str | None,
+    owner: str | None,
+    as_json: bool,
+    out_file: str | None,
 ) -> None:
     """Sessions, totals and circuit breakers of a running server."""
     api = _client(url, token)
@@ -297,8 +303,8 @@ def stats(
     sessions = api.get("/stats/sessions", project=project, owner=owner)
     breakers = api.get("/stats/circuit-breaker")
     view = _cluster_view(api)
+    emit_report({"sessions": sessions, "breakers": breakers, "cluster": view}, as_json, out_file)
     if as_json:
-        _json_out({"sessions": sessions, "breakers": breakers, "cluster": view})
         return
     console = _console()
     if view is not None and view.get("cluster"):
@@ -337,16 +343,23 @@ def _list(api: ApiClient, project: str | None, owner: str | None) -> list[dict[s
 @_server_options
 @click.option("--project", default=None, help="only sessions of this project")
 @click.option("--owner", default=None, help="only sessions of this owner")
-@click.option("--json", "as_json", is_flag=True, help="print JSON (for scripts)")
+@report_options
 def list_sessions(
-    url: str, token: str | None, project: str | None, owner: str | None, as_json: bool
+    url: str,
+    token: str | None,
+    project: str | None,
+    owner: str | None,
+    as_json: bool,
+    out_file: str | None,
 ) -> None:
-    """List every session."""
+    """List every session (with its display name, when it has one)."""
     api = _client(url, token)
+    _check_project(api, project)
     listed = _list(api, project, owner)
+    emit_report(listed, as_json, out_file)
     if as_json:
-        _json_out(listed)
-    elif not listed:
+        return
+    if not listed:
         click.echo("no sessions")
     else:
         _console().print(_sessions_table(listed, f"{len(listed)} session(s) at {api.base}"))

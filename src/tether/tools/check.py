@@ -8,7 +8,8 @@
 Scenarios: ``connect``, ``session-reuse``, ``circuit-breaker``, ``legacy-migration``,
 ``performance`` (``all`` runs them in that order). With ``url=None`` an embedded server is started
 (``python -m tether serve`` on a free loopback port with a temporary project) and stopped after.
-A server that cannot be reached fails every scenario with a message saying so.
+A server that cannot be reached fails the run with a message saying so (``report.error``); an
+unknown project raises :class:`~tether.errors.UnknownProject`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether.client import websocket_url
-from tether.errors import ClientError
+from tether.errors import ClientError, UnknownProject
 from tether.tools.check_breaker import circuit_breaker_scenario
 from tether.tools.check_probe import Context, Outcome, ScenarioResult
 from tether.tools.check_scenarios import (
@@ -115,7 +116,8 @@ async def run_check(
     starts and ends, and what a long one waits for.
 
     Every session the check opened and that still runs is ended before it returns, also when a
-    scenario fails or the run is cancelled (Ctrl-C)."""
+    scenario fails or the run is cancelled (Ctrl-C). Raises :class:`~tether.errors.UnknownProject`
+    when the server does not offer ``project``."""
     names = expand(scenarios)
     if url is None:
         async with EmbeddedServer() as server:
@@ -131,6 +133,8 @@ async def run_check(
     endpoint = websocket_url(url)
     try:
         project = await resolve_project(url, project, token)
+    except UnknownProject:
+        raise  # bad input, not a failed check
     except ClientError as exc:
         return CheckReport(endpoint, project, time_scale, error=str(exc))
     others = tuple(websocket_url(other) for other in also)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tether.client import Terminal, connect, fetch_json
-from tether.errors import ClientError, ConnectFailed
+from tether.errors import ConnectFailed
 from tether.protocol.codes import CloseCode
 from tether.protocol.policy import ReconnectPolicy, State
-from tether.tools.loadkit import delete_session
+from tether.tools.leftovers import OpenedSessions
+from tether.tools.leftovers import end_shell as end_shell  # scenarios and tests import it here
 
 Status = Literal["pass", "fail", "skip"]
 CANONICAL_ID = re.compile(r"session_[0-9]{13}_[a-z0-9]{6,32}")
@@ -62,8 +63,11 @@ class Context:
     notes: dict[str, Any] = field(default_factory=dict)  # facts one scenario leaves for another
     also: tuple[str, ...] = ()  # the other nodes of a cluster (WebSocket endpoints)
     progress: Callable[[str], None] | None = None  # told what a long step waits for
-    started: dict[str, str] = field(default_factory=dict)  # key → session id of every shell opened
+    opened: OpenedSessions = field(init=False)  # every shell opened, ended when the check ends
     _opened: int = 0
+
+    def __post_init__(self) -> None:
+        self.opened = OpenedSessions((self.url, *self.also), self.project, self.token)
 
     def say(self, message: str) -> None:
         """Tell the person waiting what is going on (a step that takes seconds)."""
@@ -73,24 +77,12 @@ class Context:
     def remember(self, term: Terminal) -> None:
         """A session this check opened: ended by :meth:`end_leftovers` if still there."""
         if term.key is not None and term.session_id is not None:
-            self.started[term.key] = term.session_id
+            self.opened.remember(term.session_id, term.key)
 
     async def end_leftovers(self) -> list[str]:
         """End every session this check opened that still runs (after a failure, or Ctrl-C):
         a check leaves no shell behind. Returns the keys it ended."""
-        if not self.started:
-            return []
-        try:
-            listed = await self.sessions()
-            running = {entry.get("key") for entry in listed if entry.get("state") != "ended"}
-        except ClientError:
-            running = set(self.started)
-        ended = []
-        for key, session in self.started.items():
-            if key in running and await _end_session(self, session):
-                ended.append(key)
-        self.started.clear()
-        return ended
+        return await self.opened.end_leftovers()
 
     def next_url(self) -> str:
         """The node for the next connection: the nodes in turn (a session made through one is
@@ -202,39 +194,6 @@ class Probe:
             self.transcript += chunk
             return
         raise ConnectFailed("the terminal closed")
-
-
-async def end_shell(term: Terminal, timeout: float = 5.0) -> bool:
-    """End a shell a check started (``exit``), so that no session is left behind.
-
-    Returns True when the server confirmed (4012); otherwise the terminal is just closed.
-    """
-    try:
-        await term.send("exit\r")
-        async with asyncio.timeout(timeout):
-            ended = await term.wait_closed()
-        return ended is not None and ended.code == CloseCode.EXITED
-    except (TimeoutError, ClientError):
-        return False
-    finally:
-        await term.close()
-
-
-async def _end_session(ctx: Context, session: str) -> bool:
-    """End a session left running: ``exit`` at its prompt (after a Ctrl-C for a program that
-    runs), else the operator API; True when it ended."""
-    try:
-        term = await connect(
-            ctx.url, project=ctx.project, token=ctx.token, session=session, create=False,
-            ping_interval=None, connect_timeout=5,
-        )  # fmt: skip
-    except ClientError:
-        return False
-    await term.send("\x03")
-    if await end_shell(term):
-        return True
-    assert term.key is not None
-    return await delete_session(ctx.url, term.key, ctx.token)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

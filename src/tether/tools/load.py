@@ -24,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tether.errors import UnknownProject
 from tether.protocol.codes import CloseCode
 from tether.tools import figures
 from tether.tools.embedded import EmbeddedServer
 from tether.tools.figures import SESSION_LATENCY_TARGET_MS
+from tether.tools.leftovers import OpenedSessions
 from tether.tools.loadkit import Recorder, ServerProbe, ToolReport, Verdict, resolve_project
 from tether.tools.loaduser import TypingUser, UserFailed, new_http
 
@@ -91,13 +93,19 @@ ProgressCallback = Callable[[LoadProgress], None]
 async def run_load(
     options: LoadOptions, progress: ProgressCallback | None = None, *, strict: bool = False
 ) -> LoadReport:
-    """Run the load test against ``options.url`` (or an embedded server)."""
+    """Run the load test against ``options.url`` (or an embedded server).
+
+    Raises :class:`~tether.errors.UnknownProject` when the server does not offer
+    ``options.project``. Every session the run opened and that still runs is ended before it
+    returns, also when it is cancelled (Ctrl-C)."""
     if options.url is None:
         async with EmbeddedServer(*_embedded_args(options)) as server:
             embedded = LoadOptions(**{**asdict(options), "url": server.base_url})
             return await run_load(embedded, progress, strict=strict)
     try:
         project = await resolve_project(options.url, options.project, options.token)
+    except UnknownProject:
+        raise  # bad input, not a failed run
     except Exception as exc:
         report = ToolReport(
             "load", options.url, options.project or "?", asdict(options), strict=strict
@@ -105,7 +113,11 @@ async def run_load(
         report.error = str(exc) or type(exc).__name__  # one line: tether.client.problems
         return report
     report = ToolReport("load", options.url, project, asdict(options), strict=strict)
-    await _LoadRun(options, project, report, progress).run()
+    opened = OpenedSessions((options.url, *options.also), project, options.token)
+    try:
+        await _LoadRun(options, project, report, progress, opened).run()
+    finally:  # a user that failed, or every user when the run was cancelled (Ctrl-C)
+        await opened.end_leftovers()
     return report
 
 
@@ -121,9 +133,11 @@ class _LoadRun:
         project: str,
         report: LoadReport,
         progress: ProgressCallback | None,
+        opened: OpenedSessions | None = None,
     ) -> None:
         assert options.url is not None
         self.options, self.project, self.report = options, project, report
+        self.opened = opened
         self.url = options.url
         self.progress = progress
         self.recorder = Recorder()
@@ -160,7 +174,10 @@ class _LoadRun:
     def _new_user(self, http: Any, index: int) -> TypingUser:
         rng = random.Random(self.rng.random())
         urls = (self.url, *self.options.also)
-        return TypingUser(http, self.url, self.project, self.recorder, rng=rng, urls=urls)
+        user = TypingUser(http, self.url, self.project, self.recorder, rng=rng, urls=urls)
+        if self.opened is not None:
+            self.opened.remember(user.session)
+        return user
 
     # -- one user ----------------------------------------------------------------------------
     async def _live(self, user: TypingUser, index: int) -> None:

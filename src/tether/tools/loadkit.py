@@ -17,14 +17,13 @@ import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
-import aiohttp
 import psutil
 
 from tether.client import fetch_json, fetch_projects, http_url
 from tether.client.problems import unknown_project
-from tether.errors import ClientError
+from tether.errors import ClientError, UnknownProject
 from tether.tools.figures import percentile, summarize
 
 LOOPBACK = ("127.", "::1", "localhost")
@@ -238,11 +237,11 @@ async def first_project(url: str, token: str | None = None) -> str:
 
 
 async def resolve_project(url: str, project: str | None, token: str | None = None) -> str:
-    """``project`` if the server offers it (else :class:`ClientError` naming those it does),
+    """``project`` if the server offers it (else :class:`UnknownProject` naming those it does),
     or the first it lists when None."""
     projects = await fetch_projects(url, token=token)
     if project is not None and project not in projects:
-        raise ClientError(unknown_project(project, projects))
+        raise UnknownProject(unknown_project(project, projects), project)
     if not projects:
         raise ClientError(f"{http_url(url)}/api/projects lists no project")
     return project or projects[0]
@@ -250,14 +249,3 @@ async def resolve_project(url: str, project: str | None, token: str | None = Non
 
 def is_loopback_url(url: str) -> bool:
     return (urlsplit(http_url(url)).hostname or "").startswith(LOOPBACK)
-
-
-async def delete_session(url: str, key: str, token: str | None = None) -> bool:
-    """End a session through the operator API (``DELETE /api/sessions/{key}``); True if done."""
-    target = f"{http_url(url)}/api/sessions/{quote(key, safe='')}"
-    try:
-        headers = {"Authorization": f"Bearer {token}"} if token else None
-        async with aiohttp.ClientSession(headers=headers) as http, http.delete(target) as response:
-            return response.status == 200
-    except (aiohttp.ClientError, OSError):
-        return False

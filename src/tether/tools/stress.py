@@ -40,10 +40,13 @@ from typing import Any
 import aiohttp
 
 from tether.client import fetch_json, websocket_url
+from tether.errors import UnknownProject
 from tether.protocol.client import ClientProtocol
 from tether.protocol.codes import CloseCode, retry_after_seconds
+from tether.protocol.ids import composite_key
 from tether.tools import figures
 from tether.tools.embedded import EmbeddedServer
+from tether.tools.leftovers import OpenedSessions
 from tether.tools.loadkit import (
     KeyPacer,
     ProcessSample,
@@ -51,7 +54,6 @@ from tether.tools.loadkit import (
     ServerProbe,
     ToolReport,
     Verdict,
-    delete_session,
     resolve_project,
 )
 from tether.tools.loaduser import (
@@ -104,7 +106,11 @@ ProgressCallback = Callable[[StressProgress], None]
 async def run_stress(
     options: StressOptions, progress: ProgressCallback | None = None, *, strict: bool = False
 ) -> ToolReport:
-    """Run the stress test against ``options.url`` (or an embedded server)."""
+    """Run the stress test against ``options.url`` (or an embedded server).
+
+    Raises :class:`~tether.errors.UnknownProject` when the server does not offer
+    ``options.project``. Every session the run opened and that still runs is ended before it
+    returns, also when it is cancelled (Ctrl-C)."""
     if options.url is None:
         async with EmbeddedServer(*options.server_args) as server:
             embedded = StressOptions(**{**asdict(options), "url": server.base_url})
@@ -113,12 +119,18 @@ async def run_stress(
         project = await resolve_project(options.url, options.project, options.token)
         breakers = await fetch_json(options.url, "/stats/circuit-breaker", token=options.token)
         thresholds = breakers["thresholds"]
+    except UnknownProject:
+        raise  # bad input, not a failed run
     except Exception as exc:
         report = ToolReport("stress", options.url, options.project or "?", asdict(options))
         report.error = str(exc) or type(exc).__name__  # one line: tether.client.problems
         return report
     report = ToolReport("stress", options.url, project, asdict(options), strict=strict)
-    await _StressRun(options, project, thresholds["key"], report, progress).run()
+    opened = OpenedSessions((options.url, *options.also), project, options.token)
+    try:
+        await _StressRun(options, project, thresholds["key"], report, progress, opened).run()
+    finally:  # every session still open when the run was cancelled (Ctrl-C)
+        await opened.end_leftovers()
     return report
 
 
@@ -130,9 +142,11 @@ class _StressRun:
         key_rule: dict[str, Any],
         report: ToolReport,
         progress: ProgressCallback | None,
+        opened: OpenedSessions,
     ) -> None:
         assert options.url is not None
         self.options, self.project, self.report, self.progress = options, project, report, progress
+        self.opened = opened
         self.url = options.url
         self.ws_url = websocket_url(options.url)
         self.urls = (options.url, *options.also)
@@ -187,6 +201,18 @@ class _StressRun:
             return None
         return result
 
+    def _new_session(self) -> str:
+        """A fresh session id, remembered: ended at the end if it still runs."""
+        session = session_id()
+        self.opened.remember(session)
+        return session
+
+    def _user(self, recorder: Recorder) -> TypingUser:
+        assert self.http is not None
+        user = TypingUser(self.http, self.url, self.project, recorder, urls=self.urls)
+        self.opened.remember(user.session)
+        return user
+
     # -- the run -----------------------------------------------------------------------------
     async def run(self) -> None:
         await self.probe.locate()
@@ -194,8 +220,7 @@ class _StressRun:
         async with new_http(self.token) as http:
             self.http = http
             bystanders = [
-                TypingUser(http, self.url, self.project, self.bystander_recorder, urls=self.urls)
-                for _ in range(self.options.bystanders)
+                self._user(self.bystander_recorder) for _ in range(self.options.bystanders)
             ]
             await asyncio.gather(*(b.start() for b in bystanders), return_exceptions=True)
             stop = asyncio.Event()
@@ -204,10 +229,12 @@ class _StressRun:
                 for name, phase in self._phases():
                     self.phase = name
                     await self._guard(name, phase)
-            finally:
                 stop.set()
                 await asyncio.gather(*typing, return_exceptions=True)
                 await self._end_bystanders(bystanders)
+            finally:  # cancelled (Ctrl-C): no verifying, run_stress ends the sessions
+                stop.set()
+                await asyncio.gather(*typing, return_exceptions=True)
                 await asyncio.gather(*(b.close() for b in bystanders))
         self.phase = "settling"
         self._tick(0)
@@ -272,10 +299,7 @@ class _StressRun:
         per_key = max(1, self.threshold - 2)
         keys = max(min(self.options.concurrency, cycles), math.ceil(cycles / per_key))
         assert self.http is not None
-        users = [
-            TypingUser(self.http, self.url, self.project, self.recorder, urls=self.urls)
-            for _ in range(keys)
-        ]
+        users = [self._user(self.recorder) for _ in range(keys)]
         pacers = [KeyPacer(self.threshold, self.window) for _ in users]
         try:
             start, finish = self._start_user, self._finish_user
@@ -312,19 +336,16 @@ class _StressRun:
         await user.finish()
 
     async def _kill_leftovers(self, users: list[TypingUser]) -> None:
-        """Sessions of users that failed are ended through the operator API."""
-        for user in users:
-            if user.failed or user.exit_code is None:
-                key = f"{user.session}:{self.project}"
-                if await delete_session(self.url, key, self.token):
-                    self.recorder.count("killed_leftovers")
+        """Sessions of users that failed are ended (before the leak check)."""
+        keys = [composite_key(u.session, self.project) for u in users if u.exit_code is None]
+        self.recorder.count("killed_leftovers", len(await self.opened.end(keys)))
 
     # -- phase: new keys ---------------------------------------------------------------------
     async def _new_key(self) -> None:
         await self._workers(self.plan["new-key"], self._new_key_cycle)
 
     async def _new_key_cycle(self, index: int) -> None:
-        session, client = session_id(), client_id()
+        session, client = self._new_session(), client_id()
         wire = await self._open({"session": session, "client": client}, "new key")
         if wire is None:
             return
@@ -361,7 +382,7 @@ class _StressRun:
         }
 
     async def _create_round(self, group: int) -> bool:
-        session = session_id()
+        session = self._new_session()
         results = await asyncio.gather(
             *(
                 self._timed_connect({"session": session, "client": client_id()})
@@ -423,7 +444,7 @@ class _StressRun:
             await self._exit(wire, f"replay source {session}")
 
     async def _replay_source(self) -> tuple[str, bytes, Wire] | None:
-        session = session_id()
+        session = self._new_session()
         wire = await self._open({"session": session, "client": client_id()}, "replay source")
         if wire is None:
             return None
@@ -450,7 +471,7 @@ class _StressRun:
 
     # -- phase: storm ------------------------------------------------------------------------
     async def _storm(self) -> None:
-        session, client = session_id(), client_id()
+        session, client = self._new_session(), client_id()
         params = {"session": session, "client": client}
         codes: list[int] = []
         for _ in range(self.threshold):  # all admitted: the threshold is not exceeded
