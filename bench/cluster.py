@@ -61,12 +61,17 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _nodes(count: int, redis: RedisServer | None) -> Iterator[list[ServerProcess]]:
+def _nodes(
+    count: int, redis: RedisServer | None, sources: dict[int, str] | None = None
+) -> Iterator[list[ServerProcess]]:
+    """``sources``: node index → a copy of ``src/`` that node runs (PYTHONPATH), to compare
+    two versions of the code in one run."""
     nodes: list[ServerProcess] = []
     try:
         for index in range(count):
             cluster = ("--redis-url", redis.url, "--node-id", f"n{index}") if redis else ()
-            nodes.append(ServerProcess(args=(*NODE_ARGS, *cluster), env=NODE_ENV).start())
+            env = NODE_ENV | ({"PYTHONPATH": sources[index]} if index in (sources or {}) else {})
+            nodes.append(ServerProcess(args=(*NODE_ARGS, *cluster), env=env).start())
         yield nodes
     finally:
         for node in nodes:
@@ -125,36 +130,58 @@ async def _throughput(http: aiohttp.ClientSession, url: str, megabytes: int) -> 
     return received / (time.perf_counter() - started) / 1e6
 
 
-async def hop(echoes: int, megabytes: int) -> dict[str, Any]:
-    with _redis() as redis, _nodes(2, redis) as nodes:
+async def hop(echoes: int, megabytes: int, other_src: str | None = None) -> dict[str, Any]:
+    """``other_src``: also through a third node running that copy of ``src/`` (the code
+    before a change), interleaved with the others."""
+    routes = {"direct": 0, "through_node": 1} | ({"through_other": 2} if other_src else {})
+    sources = {2: other_src} if other_src else None
+    with _redis() as redis, _nodes(len(routes), redis, sources) as nodes:
         async with aiohttp.ClientSession() as http:
             owner, hello = await _open(http, nodes[0].ws_url, "client=bench-hop-client-1")
             await owner.send_bytes(b"stty raw -echo; PS1=''; exec cat\r")
             await _drain(owner)
-            relayed, _ = await _open(http, nodes[1].ws_url, f"session={hello['session']}&create=0")
-            await _drain(relayed)
-            figures: dict[str, list[float]] = {"direct": [], "through_node": []}
+            sockets = {"direct": owner}
+            for name, index in routes.items():
+                if index:
+                    query = f"session={hello['session']}&create=0&client=bench-hop-{name}"
+                    sockets[name], _ = await _open(http, nodes[index].ws_url, query)
+            for ws in sockets.values():
+                await _drain(ws)
+            figures: dict[str, list[float]] = {name: [] for name in routes}
             for _ in range(10):  # interleaved: the machine is shared
-                for name, ws in (("direct", owner), ("through_node", relayed)):
-                    # Both are attached: the echo reaches both; time it on the one that typed.
-                    samples = await _echoes(ws, echoes // 10)
-                    figures[name] += samples
-                    await _drain(owner if ws is relayed else relayed, 0.05)
-            await owner.close()
-            await relayed.close()
-            rates: dict[str, list[float]] = {"direct": [], "through_node": []}
+                for name, ws in sockets.items():
+                    # All are attached: the echo reaches all; time it on the one that typed.
+                    figures[name] += await _echoes(ws, echoes // 10)
+                    for other in sockets.values():
+                        if other is not ws:
+                            await _drain(other, 0.05)
+            for ws in sockets.values():
+                await ws.close()
+            rates: dict[str, list[float]] = {name: [] for name in routes}
+            cpu: dict[str, list[float]] = {name: [] for name in routes}
             for _ in range(2):
                 # A new session is made on the node connected to: to measure the hop, make it
-                # on node0 and read it through node1 (a direct run reads node0).
-                rates["direct"].append(await _throughput(http, nodes[0].ws_url, megabytes))
-                rates["through_node"].append(
-                    await _throughput_via(http, nodes[0].ws_url, nodes[1].ws_url, megabytes)
-                )
+                # on node0 and read it through another node (a direct run reads node0).
+                for name, index in routes.items():
+                    via = nodes[index].ws_url
+                    before = _cpu_seconds(nodes[index].pid)
+                    rates[name].append(
+                        await _throughput(http, via, megabytes)
+                        if not index
+                        else await _throughput_via(http, nodes[0].ws_url, via, megabytes)
+                    )
+                    cpu[name].append(_cpu_seconds(nodes[index].pid) - before)
     return {
-        "echo_direct": _percentiles(figures["direct"]),
-        "echo_through_node": _percentiles(figures["through_node"]),
+        **{f"echo_{name}": _percentiles(samples) for name, samples in figures.items()},
         "throughput_mb_s": {name: [round(r, 1) for r in runs] for name, runs in rates.items()},
+        # CPU of the node the client reads from (the owner when direct, else the relay)
+        "cpu_s_per_run": {name: [round(c, 2) for c in runs] for name, runs in cpu.items()},
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _throughput_via(
@@ -375,10 +402,13 @@ async def main() -> None:
     parser.add_argument("--sim-nodes", type=int, default=100)
     parser.add_argument("--sim-sessions", type=int, default=4000)
     parser.add_argument("--only", nargs="*", default=["hop", "registry", "herd", "simulation"])
+    parser.add_argument(
+        "--other-src", help="hop: also relay through a node running this copy of src/"
+    )
     options = parser.parse_args()
     results: dict[str, Any] = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     if "hop" in options.only:
-        results["hop"] = await hop(options.echoes, options.megabytes)
+        results["hop"] = await hop(options.echoes, options.megabytes, options.other_src)
     if "registry" in options.only:
         results["registry"] = await registry_cost()
     if "herd" in options.only:

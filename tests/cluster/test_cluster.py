@@ -285,3 +285,61 @@ async def test_the_storm_rule_counts_attaches_through_every_node(cluster: Cluste
             await ws.close()
         code, reason = await refused(http, cluster.ws_url(2), session=hello["session"], create=0)
         assert code == 4129 and reason.startswith("retry-after=")
+
+
+async def test_a_draining_relay_closes_its_client_with_1001_between_frames() -> None:
+    # The relay copies the owner's bytes without reading them: a drain must still end the
+    # client's stream with a whole frame, then its close frame, while output is flowing.
+    with running_cluster(2) as cluster:
+        async with aiohttp.ClientSession() as http:
+            owner, hello = await connect(http, cluster.ws_url(0), client=CLIENT)
+            await owner.send_bytes(b"stty -echo; PS1=''\r")
+            await owner.close()
+            ws, relayed = await connect(
+                http, cluster.ws_url(1), client=CLIENT, session=hello["session"], create=0
+            )
+            await ws.send_bytes(b"for i in $(seq 1 400000); do echo line-$i; done\r")
+            received = len(await read_until(ws, b"line-2000\r\n"))
+            async with http.post(f"{cluster.base_url(1)}/api/drain", json={}) as answer:
+                assert answer.status == 202, await answer.text()
+            kinds = set()
+            async for message in ws:  # a frame cut short would arrive as an ERROR here
+                kinds.add(message.type)
+                if message.type is aiohttp.WSMsgType.BINARY:
+                    received += len(message.data)
+            assert ws.close_code == 1001 and kinds <= {aiohttp.WSMsgType.BINARY}, kinds
+            again, resumed = await connect(
+                http,
+                cluster.ws_url(0),
+                client=CLIENT,
+                session=hello["session"],
+                offset=relayed["replay_from"] + received,
+                create=0,
+            )
+            assert (resumed["gap"], resumed["replay_from"]) == (
+                0,
+                relayed["replay_from"] + received,
+            )
+            await again.close()
+        log = "".join(cluster.nodes[1].output)
+        assert "Traceback" not in log and "Error handling request" not in log, log[-2000:]
+
+
+async def test_an_owner_gone_mid_relay_closes_the_client_with_1001() -> None:
+    # The owner's process dies between two frames: the relay says so with a close frame, as
+    # the WebSocket relay did, rather than just dropping the client's connection.
+    with running_cluster(2) as cluster:
+        async with aiohttp.ClientSession() as http:
+            owner, hello = await connect(http, cluster.ws_url(0), client=CLIENT)
+            await owner.close()
+            ws, _ = await connect(
+                http, cluster.ws_url(1), client=CLIENT, session=hello["session"], create=0
+            )
+            await ws.send_bytes(b"echo relayed-$((6*7))\r")
+            await read_until(ws, b"relayed-42")
+            shells = cluster.kill(0)
+            message = await ws.receive(timeout=10)
+            assert message.type is aiohttp.WSMsgType.CLOSE, message
+            assert (message.data, message.extra) == (1001, "owner node connection lost")
+            await ws.close()
+        reap(shells)

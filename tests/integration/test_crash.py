@@ -5,6 +5,7 @@ port, with the same shell PIDs, exact input counts and output kept in a memfd.""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import re
@@ -27,11 +28,12 @@ from tests.support.server import (
     SHELL,
     ServerProcess,
     controlled_environment,
+    eventually,
     server_stats,
     wait_generation,
 )
 from tests.support.wsclient import must_connect, strip_ansi
-from tether.server import fdstore
+from tether.server import fdstore, pty
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,6 +83,88 @@ async def test_sigkill_with_nothing_in_flight_is_exact() -> None:
             await again.read_until(f"alive-{pids_by_key(before)[conn.hello['key']]}")
             await again.close()
             await conn.close()
+
+
+async def test_after_a_crash_a_replay_from_the_tail_restores_the_modes_it_lost() -> None:
+    # The alternate screen and application cursor keys were set, then scrolled out of a 4 KiB
+    # ring: a client replaying from the tail needs them restored, from the new worker too.
+    with ServerProcess(args=("--buffer-size", "4096"), supervise=True).start() as srv:
+        conn = await must_connect(srv.ws_url, project="default", client="modes-0001-client")
+        await conn.send("printf '\\033[?1049h\\033[?1h'; seq 1 3000; echo set-$((6*7))\r")
+        await conn.read_until("set-42")
+        worker = (await asyncio.to_thread(server_stats, srv.base_url))["server"]["pid"]
+        os.kill(worker, signal.SIGKILL)
+        await recovered(srv.base_url, 2)
+        late = await must_connect(
+            srv.ws_url,
+            project="default",
+            client="modes-0002-client",
+            session=conn.hello["session"],
+            offset=0,  # long gone: the replay starts at the ring's tail
+            create=0,
+        )
+        assert late.hello["gap"] > 0
+        assert "\x1b[?1049h" in late.hello["restore"] and "\x1b[?1h" in late.hello["restore"]
+        await late.close()
+        await conn.close()
+
+
+def exit_events(srv: ServerProcess) -> dict[int, dict[str, Any]]:
+    """The log's `exit` events by shell pid."""
+    lines = srv.log_file.read_text().splitlines() if srv.log_file.exists() else []
+    events = [json.loads(line) for line in lines if '"event":"exit"' in line]
+    return {event["pid"]: event for event in events}
+
+
+async def test_shells_reaped_by_the_supervisor_report_their_exit_status() -> None:
+    # One shell exits while no worker runs (the supervisor waits 1 s before restarting it),
+    # the other after the new worker adopted it: both are the supervisor's children to reap,
+    # and both statuses reach the new worker (its log, the client's `exit` message).
+    env = {"TETHER_SUPERVISOR_RESTART_DELAY": "1"}
+    with ServerProcess(env=env, supervise=True).start() as srv:
+        early = await must_connect(srv.ws_url, project="default", client="exit-0001-client")
+        late = await must_connect(srv.ws_url, project="default", client="exit-0002-client")
+        for conn in (early, late):
+            await conn.send("echo up-$((6*7))\r")
+            await conn.read_until("up-42")
+        before = pids_by_key(await asyncio.to_thread(server_stats, srv.base_url))
+        early_pid, late_pid = before[early.hello["key"]], before[late.hello["key"]]
+        await early.send("sleep 0.3; exit 5\r")
+        worker = (await asyncio.to_thread(server_stats, srv.base_url))["server"]["pid"]
+        os.kill(worker, signal.SIGKILL)
+        after = await recovered(srv.base_url, 2)
+        assert late.hello["key"] in pids_by_key(after)
+        found = await eventually(lambda: exit_events(srv).get(early_pid), timeout=10)
+        assert (found["code"], found["signal"]) == (5, None)
+        again = await must_connect(
+            srv.ws_url,
+            project="default",
+            client="exit-0002-client",
+            session=late.hello["session"],
+            offset=late.position,
+            create=0,
+        )
+        await again.send("exit 7\r")
+        message = await again.message("exit", timeout=10)
+        assert (message["code"], message["signal"]) == (7, None)
+        assert exit_events(srv)[late_pid]["code"] == 7
+        for conn in (early, late, again):
+            await conn.close()
+
+
+async def test_a_worker_whose_supervisor_is_killed_drains_and_leaves_no_shell() -> None:
+    with ServerProcess(supervise=True).start() as srv:
+        conn = await must_connect(srv.ws_url, project="default", client="orphan-0001-client")
+        await conn.send("echo up-$((6*7))\r")
+        await conn.read_until("up-42")
+        facts = await asyncio.to_thread(server_stats, srv.base_url)
+        worker, shell = facts["server"]["pid"], facts["sessions"][0]["pid"]
+        os.kill(srv.pid, signal.SIGKILL)  # the supervisor: nothing would restart a crash now
+        assert srv.process is not None and srv.process.wait(10) == -signal.SIGKILL
+        assert await conn.wait_closed(10) == 1001  # drained as on SIGTERM, not cut
+        gone = pty.is_zombie_or_gone
+        await eventually(lambda: gone(worker) and gone(shell), timeout=15)
+        await conn.close()
 
 
 async def test_sigkill_during_output_and_typing_keeps_shells_and_counts_input_once() -> None:

@@ -54,15 +54,27 @@ async def test_upgrade_while_printing_and_typing_loses_and_doubles_nothing() -> 
                 await client.type(b"stty -echo; PS1=''\r")
             before = pids_by_key(server_stats(srv.base_url))
             await typist.type(b"cat > typed.txt\r")
+            # Half-way the printer waits for the upgrade (however long its check takes on a
+            # busy machine), so that the upgrade lands while output is flowing.
             await printer.type(
                 f"for i in $(seq 1 {LINES}); do echo line-$i; (( i % 1000 )) || sleep 0.05;"
+                f" (( i == {LINES // 2} )) && until [ -e upgraded ]; do sleep 0.02; done;"
                 " done; echo DONE-$((6*7))\r".encode()
             )
             await printer.run_until(b"line-3000\r\n", http, 30, tail=100000)
             os.kill(srv.pid, signal.SIGUSR2)
 
+            upgraded = asyncio.Event()
+
+            async def mark_upgraded() -> None:
+                await wait_generation(srv.base_url, 2)
+                (srv.project_dir / "upgraded").touch()
+                upgraded.set()
+
             async def type_lines() -> None:
                 for i in range(300):
+                    if i == 150:  # the other half after the upgrade
+                        await upgraded.wait()
                     token = f"key-{i}\n".encode()
                     typed.extend(token)
                     await typist.type(token)
@@ -70,6 +82,7 @@ async def test_upgrade_while_printing_and_typing_loses_and_doubles_nothing() -> 
                 await typist.type(b"\x04echo TYPED-$((6*7))\r")
 
             await asyncio.gather(
+                mark_upgraded(),
                 printer.run_until(b"DONE-42", http, 60),
                 type_lines(),
                 typist.run_until(b"TYPED-42", http, 60),

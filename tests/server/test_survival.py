@@ -1,16 +1,21 @@
 """The crash-survival state memfd (server/survival.py): what a new worker reads back after the
-old one was killed, including a kill in the middle of a slot write."""
+old one was killed, including a kill in the middle of a slot write, and the supervisor's exit
+reports of the shells it reaps."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import cast
 
+from tether.protocol.modes import ModeTracker
 from tether.protocol.ring import RingBuffer
 from tether.server import survival
 from tether.server.session import Session, SessionInfo
+from tether.server.supervisor import EXIT_REPORT
 
 
 @dataclass
@@ -23,11 +28,12 @@ class _Shell:
         )
     )
     ring: RingBuffer = field(default_factory=lambda: RingBuffer(32))
+    tail_modes: ModeTracker = field(default_factory=ModeTracker)
     input_bytes: int = 0
 
     def output(self, state: survival.SessionState, data: bytes) -> None:
+        self.ring.append(data, self.tail_modes.feed)  # as the session does, then the observer
         state.output_appended(cast(Session, self), data)
-        self.ring.append(data)
 
     def typed(self, state: survival.SessionState, client: str, count: int) -> None:
         self.info.input_counts[client] = self.info.input_counts.get(client, 0) + count
@@ -92,3 +98,60 @@ def test_a_state_taken_over_by_a_new_worker_goes_on_from_its_newest_slot() -> No
     found = survival.read_state(state.state_fd, 32)
     assert found is not None and found[0]["input_counts"] == [["client-a", 15]]
     state.close()
+
+
+def test_the_modes_at_the_rings_tail_are_kept_for_a_new_worker() -> None:
+    shell = _Shell()
+    state = _state(shell)
+    shell.output(state, b"\x1b[?1049h\x1b[?1h")  # alternate screen, application cursor keys
+    shell.output(state, b"y" * 40)  # both sequences have left the 32-byte ring
+    shell.output(state, b"\x1b[?1l" + b"z" * 30)  # cursor keys off, still in the ring
+    found = survival.read_state(state.state_fd, 32)
+    assert found is not None
+    kept = ModeTracker.from_state(found[0]["tail_modes"]).modes
+    assert kept == shell.tail_modes.modes
+    assert kept.alt_screen and kept.app_cursor_keys  # what the tail's replay must restore
+    shell.output(state, b"w" * 32)  # now the reset dropped off too
+    found = survival.read_state(state.state_fd, 32)
+    assert found is not None
+    kept = ModeTracker.from_state(found[0]["tail_modes"]).modes
+    assert kept.alt_screen and not kept.app_cursor_keys
+    state.close()
+
+
+def test_a_tail_cut_inside_an_escape_sequence_is_kept_exactly() -> None:
+    shell = _Shell()
+    state = _state(shell)
+    shell.output(state, b"\x1b[?1049h")
+    shell.output(state, b"c" * 29)  # the ring drops 5 bytes: its tail is inside the sequence
+    assert shell.tail_modes.is_mid_sequence
+    found = survival.read_state(state.state_fd, 32)
+    assert found is not None
+    assert found[0]["tail_modes"] == shell.tail_modes.to_state()
+    shell.output(state, b"d" * 5)  # ...and now past it
+    found = survival.read_state(state.state_fd, 32)
+    assert found is not None
+    assert ModeTracker.from_state(found[0]["tail_modes"]).modes.alt_screen
+    state.close()
+
+
+def test_exit_reports_of_the_supervisor_reach_the_worker() -> None:
+    supervisor_end, worker_end = socket.socketpair()
+    reports = survival.ExitReports(worker_end.detach())
+    record = EXIT_REPORT.pack(4242, 7, 0) + EXIT_REPORT.pack(4343, -1, 9)
+    supervisor_end.send(record[:5])  # a record cut in two by the stream
+    reports.receive()
+    supervisor_end.send(record[5:])
+    assert reports.status_of(4242) == (7, None)
+    assert reports.status_of(4343) == (None, 9)
+    assert reports.status_of(4242) == (None, None)  # claimed once; now gone, unreported
+    zombie = subprocess.Popen(["true"])  # ended, not reaped: as a shell before its report
+    try:
+        os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOWAIT)  # ended, still a zombie
+        assert reports.status_of(zombie.pid) is None  # ask again: the report is on its way
+        supervisor_end.send(EXIT_REPORT.pack(zombie.pid, 3, 0))
+        assert reports.status_of(zombie.pid) == (3, None)
+    finally:
+        zombie.wait()
+        supervisor_end.close()
+        os.close(reports.fd)

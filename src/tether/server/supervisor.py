@@ -8,11 +8,17 @@ managed (``$NOTIFY_SOCKET`` set: systemd, or this supervisor's own worker). It
   keeps the fds the worker stores there (:class:`~tether.server.fdstore.FdStore`, systemd's
   protocol);
 - is a child subreaper: shells orphaned by a dead worker become its children, and it reaps
-  them (the worker that adopts them sees their end through a pidfd, without the status);
+  them; the worker that adopts them sees their end through a pidfd, and their exit status
+  through the exit reports (``$TETHER_EXIT_REPORTS_FD``, a stream socket the supervisor keeps
+  both ends of, so that a report waits there while no worker runs): a shell's status is sent
+  *before* it is reaped, so a worker that finds it gone finds its report too;
 - restarts a worker that died of a signal or an unexpected exit, at once (then backing off),
   handing it the stored fds as ``LISTEN_FDS``/``LISTEN_FDNAMES``;
 - on SIGTERM or SIGINT tells the worker to drain and stop (SIGTERM), waits, and exits with its
   status; SIGHUP and SIGUSR2 are passed on to the worker (reload, upgrade in place);
+- tells the worker its pid (``$TETHER_SUPERVISOR_PID``): a worker whose supervisor is gone
+  (SIGKILLed: nothing would restart a crashed worker any more) drains and stops as on SIGTERM,
+  so that no shell is left running unkept;
 - in a cluster, keeps the node's lease alive while no worker is ready (:class:`LeaseKeeper`): a
   worker reports its registration (``X_TETHER_LEASE=``, a tether-specific notification) and
   renews it itself while it runs; between its death and the next worker's ``READY=1`` the
@@ -27,12 +33,15 @@ upgrade replaces the worker, never the supervisor).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import select
 import shutil
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +63,10 @@ _STOPPING = (signal.SIGTERM, signal.SIGINT)
 _MAX_QUICK_FAILURES = 5  # workers dying before READY=1 in a row: give up
 _MAX_BACKOFF = 5.0
 _TICK = 1.0  # seconds between the loop's periodic work
+SUPERVISOR_PID_ENV = "TETHER_SUPERVISOR_PID"
+EXIT_REPORTS_ENV = "TETHER_EXIT_REPORTS_FD"
+# One exit report: pid, exit code (-1: none), signal number (0: none)
+EXIT_REPORT = struct.Struct(">iii")
 
 
 def should_supervise(settings: Settings, environ: Mapping[str, str]) -> bool:
@@ -85,6 +98,9 @@ class Supervisor:
         name = f"tether-supervisor-{os.getpid()}-{secrets.token_hex(6)}"
         self.notify_path = "@" + name
         self.sock = fdstore.server_socket(name)
+        # exit reports: written on one end, read by the worker on the other (kept here too)
+        self.reports_out, self.reports_in = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.reports_out.setblocking(False)
 
     def run(self) -> int:
         pty.become_subreaper()
@@ -107,6 +123,8 @@ class Supervisor:
             self.store.close()  # the shells left (if any) hang up: their masters are gone
             self.sock.close()
             self._reap()
+            self.reports_out.close()
+            self.reports_in.close()
         return self.status
 
     # ----------------------------------------------------------------- the loop
@@ -150,16 +168,32 @@ class Supervisor:
                 os.kill(self.worker, signum)
 
     def _reap(self) -> None:
-        """Collect every child that ended: the worker, and orphaned shells and jobs."""
+        """Collect every child that ended: the worker, and orphaned shells and jobs (a shell's
+        exit is reported to the worker first, while it is still a zombie)."""
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
-            if pid == 0:
+            if ended is None or ended.si_pid == 0:
                 return
+            if ended.si_pid != self.worker:
+                self._report_exit(ended)
+            try:
+                pid, status = os.waitpid(ended.si_pid, 0)
+            except ChildProcessError:
+                continue
             if pid == self.worker:
                 self._worker_ended(status)
+
+    def _report_exit(self, ended: os.waitid_result) -> None:
+        """Tell the worker how a shell ended (only session leaders: shells, not their jobs)."""
+        if not pty.leads_a_session(ended.si_pid):
+            return
+        exited = ended.si_code == os.CLD_EXITED
+        code, signum = (ended.si_status, 0) if exited else (-1, ended.si_status)
+        with contextlib.suppress(OSError):  # full (no worker for long): the status is lost
+            self.reports_out.send(EXIT_REPORT.pack(ended.si_pid, code, signum))
 
     def _tick(self) -> None:
         """Periodic work: the restart when due, and the cluster lease while no worker is ready
@@ -180,7 +214,11 @@ class Supervisor:
     # ----------------------------------------------------------------- the worker
     def _start_worker(self) -> None:
         self.store.ready = False
-        env = dict(os.environ) | {"NOTIFY_SOCKET": self.notify_path, SUPERVISED_ENV: "1"}
+        env = dict(os.environ) | {
+            "NOTIFY_SOCKET": self.notify_path,
+            SUPERVISED_ENV: "1",
+            SUPERVISOR_PID_ENV: str(os.getpid()),
+        }
         path = shutil.which(self.command[0]) or self.command[0]
         pid = os.fork()
         if pid == 0:  # the child: fds into place, then the worker's code
@@ -188,6 +226,10 @@ class Supervisor:
                 for signum in (*_STOPPING, *_FORWARDED, signal.SIGCHLD):
                     signal.signal(signum, signal.SIG_DFL)
                 env |= self.store.environment(os.getpid())
+                # above the numbers the stored fds take (3, 4, …), before they take them
+                floor = fdstore.LISTEN_FDS_START + len(self.store.entries)
+                reports = fcntl.fcntl(self.reports_in.fileno(), fcntl.F_DUPFD, floor)
+                env[EXIT_REPORTS_ENV] = str(reports)
                 self.store.place()
                 os.execve(path, self.command, env)
             finally:

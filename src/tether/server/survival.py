@@ -22,23 +22,27 @@ Without a notify socket (no supervisor, no systemd) none of this runs and it cos
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
+import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tether.protocol.modes import ModeTracker
 from tether.protocol.ring import RingBuffer
-from tether.server import fdstore, pty
+from tether.server import fdstore, logs, pty
 from tether.server.handover import SessionHandover
 from tether.server.manager import SessionManager
 from tether.server.session import Session, SessionInfo
+from tether.server.supervisor import EXIT_REPORT, EXIT_REPORTS_ENV, SUPERVISOR_PID_ENV
 
 SLOT_SIZE = 32 * 1024
 RING_BASE = 2 * SLOT_SIZE
@@ -67,12 +71,17 @@ class SessionState:
         # highest sequence number, so starting again from 0 would leave a stale slot the winner.
         self._sequence = _latest_sequence(fd)
         self._facts = b""
+        self._record: dict[str, Any] = {}
+        self._tail_seen: tuple[object, bool] | None = None  # (modes, mid-sequence) last written
         self._input_bytes = session.input_bytes
+        self._note_tail_modes(session)
         self.input_counted(session)
 
     # SessionObserver
     def output_appended(self, session: Session, data: bytes) -> None:
-        start = session.ring.head  # the position of data's first byte
+        start = session.ring.head - len(data)  # the position of data's first byte
+        if self._note_tail_modes(session):
+            self._encode_facts()
         if len(data) > self.capacity:
             start, data = start + len(data) - self.capacity, data[-self.capacity :]
         offset = start % self.capacity
@@ -84,7 +93,7 @@ class SessionState:
 
     def input_counted(self, session: Session) -> None:
         info = session.info
-        facts = {
+        self._record |= {
             "key": info.key,
             "session_id": info.session_id,
             "project": info.project,
@@ -92,10 +101,26 @@ class SessionState:
             "created_at": info.created_at,
             "pid": info.pid,
             "input_counts": [[client, count] for client, count in info.input_counts.items()],
+            "name": info.name,
         }
-        self._facts = json.dumps(facts, separators=(",", ":")).encode()[: SLOT_SIZE - _SLOT.size]
+        self._encode_facts()
         self._input_bytes = session.input_bytes
         self._write_slot(session.ring.head)
+
+    def _note_tail_modes(self, session: Session) -> bool:
+        """Keep the modes at the ring's tail in the record when they changed (they change only
+        while the ring drops bytes, and rarely then: the frozen modes object is compared)."""
+        tracker = session.tail_modes
+        seen = (tracker.modes, tracker.is_mid_sequence)
+        if not seen[1] and self._tail_seen is not None and seen[0] is self._tail_seen[0]:
+            return False
+        self._tail_seen = seen
+        self._record["tail_modes"] = tracker.to_state()
+        return True
+
+    def _encode_facts(self) -> None:
+        encoded = json.dumps(self._record, separators=(",", ":")).encode()
+        self._facts = encoded[: SLOT_SIZE - _SLOT.size]
 
     def _write_slot(self, head: int) -> None:
         self._sequence += 1
@@ -165,12 +190,108 @@ def enabled() -> bool:
 
 
 def watch(manager: SessionManager) -> None:
-    """From now on, every new session of ``manager`` keeps its state in the store."""
+    """From now on, every new session of ``manager`` keeps its state in the store (and the
+    exit statuses of shells the supervisor reaps for us are heard)."""
     global _enabled
     _enabled = enabled()
     if _enabled:
         manager.on_created.append(lambda s: _keep(s, manager.settings.buffer_size))
         manager.on_ended.append(_forget)
+    _listen_for_exit_reports()
+
+
+# ----------------------------------------------------------------------------- supervisor
+class ExitReports:
+    """How shells that are not our children ended, as their reaper (the supervisor) reports
+    them on ``fd`` (:data:`~tether.server.supervisor.EXIT_REPORT` records)."""
+
+    _KEPT = 4096  # reports kept unclaimed (most are claimed at once)
+    _PATIENCE = 2.0  # seconds to wait for a zombie's report (a stopped supervisor sends none)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_inheritable(fd, False)
+        os.set_blocking(fd, False)
+        self._partial = b""
+        self._statuses: OrderedDict[int, pty.ExitStatus] = OrderedDict()
+        self._waiting: dict[int, float] = {}  # zombies asked about: since when (monotonic)
+
+    def receive(self) -> None:
+        """Take every report waiting (non-blocking)."""
+        while True:
+            try:
+                data = os.read(self.fd, 256 * EXIT_REPORT.size)
+            except OSError:  # nothing more now (or the supervisor is gone)
+                return
+            if not data:
+                return
+            data = self._partial + data
+            whole = len(data) - len(data) % EXIT_REPORT.size
+            for pid, code, signum in EXIT_REPORT.iter_unpack(data[:whole]):
+                self._statuses[pid] = (code if code >= 0 else None, signum or None)
+                while len(self._statuses) > self._KEPT:
+                    self._statuses.popitem(last=False)
+            self._partial = data[whole:]
+
+    def status_of(self, pid: int) -> pty.ExitStatus | None:
+        """``pid``'s exit status; None while it is a zombie not reported yet (the supervisor
+        reports before it reaps); (None, None) when it is gone unreported."""
+        self.receive()
+        status = self._statuses.pop(pid, None)
+        if status is None and pty.exists(pid) and pty.is_zombie_or_gone(pid):
+            since = self._waiting.setdefault(pid, time.monotonic())
+            if time.monotonic() - since < self._PATIENCE:
+                return None
+        self._waiting.pop(pid, None)
+        return status or (None, None)
+
+
+def _listen_for_exit_reports() -> None:
+    value = os.environ.get(EXIT_REPORTS_ENV, "")
+    if not value.isdigit():
+        return
+    try:
+        reports = ExitReports(int(value))
+    except OSError:  # not an open fd (a stale variable)
+        return
+    reports.receive()  # shells that ended while no worker ran
+    asyncio.get_running_loop().add_reader(reports.fd, reports.receive)
+    pty.report_orphan_exits_with(reports.status_of)
+    _inheritable_extra.append(reports.fd)
+
+
+def watch_supervisor(stop: Callable[[], None]) -> None:
+    """Under the supervisor: when it is gone (SIGKILLed), nothing would restart a crashed
+    worker or keep our fds any more; call ``stop`` (drain and end, as SIGTERM does)."""
+    value = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if not value.isdigit():
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(int(value))
+    except OSError:
+        pidfd = -1
+    if pidfd < 0 or os.getppid() != int(value):  # gone already
+        if pidfd >= 0:
+            os.close(pidfd)
+        loop.call_soon(_supervisor_lost, stop)
+        return
+
+    def lost() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _supervisor_lost(stop)
+
+    loop.add_reader(pidfd, lost)
+
+
+def _supervisor_lost(stop: Callable[[], None]) -> None:
+    global _enabled
+    _enabled = False
+    for variable in ("NOTIFY_SOCKET", SUPERVISOR_PID_ENV):
+        os.environ.pop(variable, None)
+    logs.log_at(logging.WARNING, "supervisor_lost", action="drain")
+    stop()
 
 
 def _keep(session: Session, capacity: int, state_fd: int | None = None) -> None:
@@ -208,9 +329,13 @@ def keep_after_upgrade(session: Session, entry: SessionHandover, capacity: int) 
             os.close(entry.state_fd)
 
 
+_inheritable_extra: list[int] = []  # the exit reports' fd
+
+
 def inheritable_fds() -> list[int]:
-    """The fds an upgrade's exec must keep besides the masters: the state memfds."""
-    return [state.state_fd for state in _states.values()]
+    """The fds an upgrade's exec must keep besides the masters: the state memfds (and the
+    supervisor's exit reports)."""
+    return [state.state_fd for state in _states.values()] + _inheritable_extra
 
 
 def serving(manager: SessionManager, listen_fds: Sequence[int], generation: int) -> None:
@@ -275,17 +400,30 @@ def _recover_session(manager: SessionManager, master: int, state_fd: int, now: f
         pid=int(facts["pid"]),
         last_activity=now,
         input_counts=OrderedDict((str(c), int(n)) for c, n in facts["input_counts"]),
+        name=str(facts.get("name", "")),  # absent in a hand-over from before display names
     )
+    tail_modes = _tail_modes(facts.get("tail_modes"))
+    if len(held) > capacity:  # a smaller buffer now: the modes of what is dropped count
+        tail_modes.feed(held[: len(held) - capacity])
     ring = RingBuffer.restored(capacity, head, held[-capacity:])
     process = pty.adopt(info.pid, master)
-    # The modes at the ring's tail were not kept: a client replaying from the tail after a
-    # crash gets no restore (one that resumes within the ring needs none).
-    adopted = (ring, ModeTracker())
+    adopted = (ring, tail_modes)
     session = Session(info, process, capacity, manager.clock, _no_exit, adopted=adopted)
     session.input_bytes = input_bytes
     manager.adopt(session)
     _keep(session, capacity, state_fd)
     return True
+
+
+def _tail_modes(state: Any) -> ModeTracker:
+    """The tracker of the modes at the ring's tail as the record kept it (a record written by
+    an older tether has none: then no restore for a replay from the tail)."""
+    if not isinstance(state, dict):
+        return ModeTracker()
+    try:
+        return ModeTracker.from_state(state)
+    except (KeyError, ValueError, TypeError, IndexError):
+        return ModeTracker()
 
 
 def _no_exit(_session: Session, _code: int | None, _signal: int | None) -> None:

@@ -104,6 +104,7 @@ def snapshot_session(session: Session, now: float) -> SessionHandover:
         "pid": info.pid,
         "idle_for": max(0.0, now - info.last_activity),
         "input_counts": [[client, count] for client, count in info.input_counts.items()],
+        "name": info.name,
     }
     detached = session.state is SessionState.DETACHED
     observer = session.observer
@@ -163,6 +164,7 @@ def adopt_session(manager: SessionManager, entry: SessionHandover, now: float) -
         pid=int(facts["pid"]),
         last_activity=now - float(facts["idle_for"]),
         input_counts=OrderedDict((str(c), int(n)) for c, n in facts["input_counts"]),
+        name=str(facts.get("name", "")),  # absent in a hand-over from before display names
     )
     capacity = manager.settings.buffer_size
     tail_modes = ModeTracker.from_state(entry.tail_modes)
@@ -238,6 +240,9 @@ class Upgrader:
             for session in self.manager.sessions.values():
                 if session.process.fd >= 0:
                     os.set_inheritable(session.process.fd, False)
+            for extra in self._extra_fds():  # or the next shells would inherit them
+                with contextlib.suppress(OSError):
+                    os.set_inheritable(extra, False)
             self._resume_accepting(kept)
             for held in kept:
                 os.close(held)

@@ -5,32 +5,26 @@ Every error is JSON: ``{"error": {"code": "...", "message": "..."}}`` with a 4xx
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
 from typing import Any
 
 from aiohttp import web
 
-from tether.protocol.storm import BreakerSnapshot
+from tether.server import http_api, recording
 from tether.server.aiohttp_front import cluster_api
 from tether.server.aiohttp_front.context import identify, server_of
-from tether.server.core import Server
-from tether.server.session import Session, SessionState
+from tether.server.http_api import Answer
+from tether.server.identity import Identity
+from tether.server.session import Session
+
+
+def answer(result: Answer) -> web.Response:
+    """A framework-neutral answer (tether.server.http_api) as aiohttp's response."""
+    return web.json_response(result.body, status=result.status)
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def session_entry(session: Session, now_monotonic: float, now_wall: float) -> dict[str, Any]:
-    """One session as ``/stats/sessions`` and ``/api/sessions`` show it."""
-    entry = session.stats()
-    entry["created_at"] = _iso(session.info.created_at)
-    entry["last_activity"] = _iso(now_wall - (now_monotonic - session.info.last_activity))
-    return entry
+    return answer(http_api.error(status, code, message))
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -52,13 +46,16 @@ def cross_site_refusal(request: web.Request) -> web.Response | None:
     return None
 
 
-def _require_operator(request: web.Request) -> web.Response | None:
-    identity = identify(request)
-    if identity is None:
-        return json_error(401, "unauthorized", "missing or invalid credential")
-    if not identity.operator:
-        return json_error(403, "forbidden", "operator role required")
-    return None
+def caller(request: web.Request, *, operator: bool = False) -> Identity | web.Response:
+    """Who sends ``request`` (an operator, with ``operator``), else the 401/403 to answer."""
+    found = http_api.checked(identify(request), operator=operator)
+    return answer(found) if isinstance(found, Answer) else found
+
+
+def require_operator(request: web.Request) -> web.Response | None:
+    """None when the request carries an operator's credential, else the 401/403 to answer."""
+    found = caller(request, operator=True)
+    return found if isinstance(found, web.Response) else None
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -66,163 +63,30 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    server = server_of(request)
-    if not server.manager.accepting:
-        return json_error(503, "draining", "not accepting new sessions")
-    if not server.is_ready():  # a cluster node without a current lease (Redis unreachable)
-        return json_error(503, "registry_unavailable", "cluster registry unavailable")
-    return web.json_response({"status": "ready"})
+    return answer(http_api.readiness(server_of(request)))
 
 
 async def projects(request: web.Request) -> web.Response:
-    server = server_of(request)
-    identity = identify(request)
-    if identity is None:
-        return json_error(401, "unauthorized", "missing or invalid credential")
-    listed = []
-    for project in server.settings.projects:
-        if not identity.may_use(project.id):
-            continue
-        item: dict[str, Any] = {"id": project.id}
-        if project.name:
-            item["name"] = project.name
-        if identity.operator:
-            item["directory"] = str(project.directory)
-        listed.append(item)
-    return web.json_response(listed)
-
-
-def _visible_sessions(request: web.Request) -> list[Session] | web.Response:
-    server = server_of(request)
-    identity = identify(request)
-    if identity is None:
-        return json_error(401, "unauthorized", "missing or invalid credential")
-    project, owner = request.query.get("project"), request.query.get("owner")
-    return [
-        s
-        for s in server.manager.sessions.values()
-        if (identity.operator or s.info.owner == identity.owner)
-        and (project is None or s.info.project == project)
-        and (owner is None or s.info.owner == owner)
-    ]
-
-
-_STATES = tuple(state.value for state in SessionState)
-
-
-def _totals(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    by_state = dict.fromkeys(_STATES, 0)
-    for entry in entries:
-        by_state[entry["state"]] += 1
-    return {
-        "sessions": len(entries),
-        **by_state,
-        "by_state": by_state,
-        "clients": sum(e["clients"] for e in entries),
-        "buffered_bytes": sum(e["buffered_bytes"] for e in entries),
-        "memory_bytes": sum(e["memory_bytes"] for e in entries),
-    }
+    identity = caller(request)
+    if isinstance(identity, web.Response):
+        return identity
+    return answer(http_api.projects(server_of(request), identity))
 
 
 async def stats_sessions(request: web.Request) -> web.Response:
     """Every visible session (``?project=``, ``?owner=`` filter), totals, and this process."""
-    sessions = _visible_sessions(request)
-    if isinstance(sessions, web.Response):
-        return sessions
-    server = server_of(request)
-    now_m, now_w = server.clock.monotonic(), server.clock.time()
-    ordered = sorted(sessions, key=lambda s: (s.info.created_at, s.info.key))
-    entries = [session_entry(s, now_m, now_w) for s in ordered]
-    return web.json_response(
-        {"totals": _totals(entries), "server": server.process_facts(), "sessions": entries}
-    )
-
-
-def _wall_iso(monotonic_at: float | None, now_m: float, now_w: float) -> str | None:
-    return None if monotonic_at is None else _iso(now_w - (now_m - monotonic_at))
-
-
-def _storm_rows(snapshots: list[BreakerSnapshot], now_m: float, now_w: float) -> list[Any]:
-    return [
-        {
-            "key": b.key,
-            "state": b.state.value,
-            "attempts": b.attempts_in_window,
-            "trips": b.trips,
-            "delay": b.delay,
-            "retry_after": b.retry_after,
-            "opened_at": _wall_iso(b.opened_at, now_m, now_w),
-        }
-        for b in snapshots
-    ]
-
-
-def _thresholds(server: Server) -> dict[str, Any]:
-    settings, manager = server.settings, server.manager
-    storms = manager.key_storms
-    return {
-        "key": {
-            "threshold": settings.storm_threshold,
-            "window": settings.storm_window,
-            "max_delay": storms.max_delay,
-            "forget_after": storms.forget_after,
-        },
-        "address": {
-            "threshold": settings.address_storm_threshold,
-            "window": settings.storm_window,
-            "max_delay": manager.address_storms.max_delay,
-            "forget_after": manager.address_storms.forget_after,
-            "loopback_exempt": settings.storm_exempt_loopback,
-        },
-        "project": {
-            "failures": manager.start_failures.failures,
-            "open_for": manager.start_failures.open_for,
-        },
-    }
+    identity = caller(request)
+    if isinstance(identity, web.Response):
+        return identity
+    return answer(http_api.stats_sessions(server_of(request), identity, request.query))
 
 
 async def stats_breakers(request: web.Request) -> web.Response:
-    """Every server-side breaker (per key, address, project) and the thresholds in force.
-
-    A non-operator sees the key breakers of its own sessions only, the project breakers of the
-    projects it may use, and no addresses.
-    """
-    server = server_of(request)
-    identity = identify(request)
-    if identity is None:
-        return json_error(401, "unauthorized", "missing or invalid credential")
-    manager, now_m, now_w = server.manager, server.clock.monotonic(), server.clock.time()
-    keys = manager.key_storms.snapshot(now_m)
-    if not identity.operator:
-        keys = [
-            b
-            for b in keys
-            if b.key in manager.sessions and manager.sessions[b.key].info.owner == identity.owner
-        ]
-    addresses = manager.address_storms.snapshot(now_m) if identity.operator else []
-    projects = [
-        {
-            "project": b.project,
-            "state": b.state.value,
-            "failures": b.failures,
-            "retry_after": b.retry_after,
-            "opened_at": _wall_iso(b.opened_at, now_m, now_w),
-        }
-        for b in manager.start_failures.snapshot(now_m)
-        if identity.operator or identity.may_use(b.project)
-    ]
-    key_rows, address_rows = _storm_rows(keys, now_m, now_w), _storm_rows(addresses, now_m, now_w)
-    groups = {"key": key_rows, "address": address_rows, "project": projects}
-    return web.json_response(
-        {
-            "thresholds": _thresholds(server),
-            "open": {
-                scope: sum(1 for row in rows if row["state"] == "open")
-                for scope, rows in groups.items()
-            },
-            **groups,
-        }
-    )
+    """Every server-side breaker and the thresholds in force (a non-operator: its own)."""
+    identity = caller(request)
+    if isinstance(identity, web.Response):
+        return identity
+    return answer(http_api.stats_breakers(server_of(request), identity))
 
 
 _METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -234,23 +98,23 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def list_sessions(request: web.Request) -> web.Response:
-    denied = _require_operator(request)
-    if denied is not None:
-        return denied
-    sessions = _visible_sessions(request)
-    if isinstance(sessions, web.Response):
-        return sessions
+    identity = caller(request, operator=True)
+    if isinstance(identity, web.Response):
+        return identity
+    query = request.query
+    sessions = http_api.visible_sessions(server_of(request), identity, query)
+    return await _listing(request, sessions, owner=query.get("owner"), project=query.get("project"))
+
+
+async def _listing(
+    request: web.Request, sessions: list[Session], *, owner: str | None, project: str | None
+) -> web.Response:
+    """``{"sessions": [...]}``: these sessions of this node, oldest first, then in a cluster
+    every other node's (with the same ``owner``/``project`` filter: docs/scaling.md)."""
     server = server_of(request)
-    now_m, now_w = server.clock.monotonic(), server.clock.time()
-    ordered = sorted(sessions, key=lambda s: (s.info.created_at, s.info.key))
-    entries = [session_entry(s, now_m, now_w) for s in ordered]
-    for entry in entries:  # every node's sessions in a cluster: docs/scaling.md
-        entry.update(node=server.node_name, node_state="up")
+    entries = http_api.listed_entries(server, sessions)
     if server.cluster is not None and not cluster_api.is_peer_request(request):
-        query = request.query
-        others = await cluster_api.remote_entries(
-            request, owner=query.get("owner"), project=query.get("project")
-        )
+        others = await cluster_api.remote_entries(request, owner=owner, project=project)
         if isinstance(others, web.Response):
             return others
         entries.extend(others)
@@ -259,19 +123,14 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 def _named_session(request: web.Request) -> Session | web.Response:
     """The session named by ``{key}``, for an operator (401/403/404 otherwise)."""
-    denied = _require_operator(request)
-    if denied is not None:
-        return denied
     key = request.match_info["key"]
-    session = server_of(request).manager.sessions.get(key)
-    if session is None:
-        return json_error(404, "not_found", f"no session {key[:140]}")
-    return session
+    found = http_api.named_session(server_of(request), identify(request), key)
+    return answer(found) if isinstance(found, Answer) else found
 
 
 async def _on_owner_node(request: web.Request) -> web.Response | None:
     """In a cluster, the answer of the node that owns ``{key}`` (None: this node answers)."""
-    if server_of(request).cluster is None or _require_operator(request) is not None:
+    if server_of(request).cluster is None or require_operator(request) is not None:
         return None
     return await cluster_api.to_owner(request, request.match_info["key"])
 
@@ -283,8 +142,7 @@ async def get_session(request: web.Request) -> web.Response:
     session = _named_session(request)
     if isinstance(session, web.Response):
         return session
-    clock = server_of(request).clock
-    return web.json_response(session_entry(session, clock.monotonic(), clock.time()))
+    return answer(http_api.session_answer(server_of(request), session))
 
 
 async def kill_session(request: web.Request) -> web.Response:
@@ -292,40 +150,95 @@ async def kill_session(request: web.Request) -> web.Response:
     answered = await _on_owner_node(request)
     if answered is not None:
         return answered
-    session = _named_session(request)
-    if isinstance(session, web.Response):
-        return session
-    server_of(request).manager.kill(session.info.key)
-    return web.json_response({"killed": session.info.key})
+    key = request.match_info["key"]
+    return answer(http_api.kill(server_of(request), identify(request), key))
+
+
+async def get_recording(request: web.Request) -> web.StreamResponse:
+    """A session's recording (operator API): its parts merged into one asciicast v2 stream,
+    live or ended, from this node's ``--record-dir`` (docs/operations.md)."""
+    key = request.match_info["key"]
+    paths = http_api.recording_parts(server_of(request), identify(request), key)
+    if isinstance(paths, Answer):
+        return answer(paths)
+    response = web.StreamResponse(headers={"Content-Type": recording.CONTENT_TYPE})
+    await response.prepare(request)
+    async with contextlib.aclosing(http_api.recording_chunks(paths)) as chunks:
+        async for chunk in chunks:
+            await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def clear_sessions(request: web.Request) -> web.Response:
-    denied = _require_operator(request)
+    denied = require_operator(request)
     if denied is not None:
         return denied
-    project = request.query.get("project")
-    if project is None and request.body_exists:
-        try:
-            body = await request.json()
-        except ValueError:
-            return json_error(400, "bad_json", "body must be a JSON object")
-        if not isinstance(body, dict):
-            return json_error(400, "bad_json", "body must be a JSON object")
-        project = body.get("project")
-        if project is not None and not isinstance(project, str):
-            return json_error(400, "bad_field", "project must be a string")
-    server = server_of(request)
-    if project is not None and server.settings.project(project) is None:
-        return json_error(404, "not_found", f"no project {project[:64]}")
+    server, body = server_of(request), await request.read()
+    project = http_api.clear_target(server, request.query.get("project"), body)
+    if isinstance(project, Answer):
+        return answer(project)
     keys = server.manager.clear(project=project)
     if server.cluster is not None:  # and every other node's
         keys += await cluster_api.clear_others(request, {"project": project} if project else {})
-    return web.json_response({"cleared": keys, "count": len(keys)})
+    return answer(http_api.cleared(keys))
+
+
+# ----------------------------------------------------------------------------- own sessions
+# ``/api/me/sessions``: any signed-in caller's own sessions (the page's session list).
+_ME = "/api/me/sessions/"
+
+
+async def my_sessions(request: web.Request) -> web.Response:
+    """The caller's own sessions, every node's in a cluster, oldest first."""
+    identity = caller(request)
+    if isinstance(identity, web.Response):
+        return identity
+    mine = http_api.own_sessions(server_of(request), identity)
+    return await _listing(request, mine, owner=identity.owner, project=None)
+
+
+async def _my_target(
+    request: web.Request, body: dict[str, Any] | None = None
+) -> Session | web.Response:
+    """The caller's own session named by ``{key}``, or the answer to give: 401, 404 (someone
+    else's or unknown), or in a cluster the owner node's answer to the same request."""
+    identity = caller(request)
+    if isinstance(identity, web.Response):
+        return identity
+    server, key = server_of(request), request.match_info["key"]
+    if server.cluster is not None:
+        answered = await cluster_api.to_owner(
+            request, key, owner=identity.owner, path=_ME, body=body
+        )
+        if answered is not None:
+            return answered
+    found = http_api.own_session(server, identity, key)
+    return answer(found) if isinstance(found, Answer) else found
+
+
+async def rename_my_session(request: web.Request) -> web.Response:
+    """``PATCH`` ``{"name": "..."}``: the session's display name (empty: none)."""
+    name = http_api.requested_name(await request.read())
+    if isinstance(name, Answer):
+        return answer(name)
+    session = await _my_target(request, {"name": name})
+    if isinstance(session, web.Response):
+        return session
+    return answer(http_api.rename(server_of(request), session, name))
+
+
+async def end_my_session(request: web.Request) -> web.Response:
+    """End one of the caller's sessions: its clients get 4013 "session ended by its owner"."""
+    session = await _my_target(request)
+    if isinstance(session, web.Response):
+        return session
+    return answer(http_api.end_own(server_of(request), session))
 
 
 async def stats_cluster(request: web.Request) -> web.Response:
     """The cluster's nodes, their liveness and session counts (``/stats/cluster``)."""
-    denied = _require_operator(request)
+    denied = require_operator(request)
     if denied is not None:
         return denied
     server = server_of(request)
@@ -338,9 +251,7 @@ async def stats_cluster(request: web.Request) -> web.Response:
 
 
 async def drain(request: web.Request) -> web.Response:
-    denied = _require_operator(request)
+    denied = require_operator(request)
     if denied is not None:
         return denied
-    server = server_of(request)
-    await server.drain()
-    return web.json_response({"draining": True, "grace": server.settings.drain_grace}, status=202)
+    return answer(await http_api.drain(server_of(request)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -22,6 +21,7 @@ from tether.errors import RegistryUnavailable
 from tether.server.aiohttp_front.context import client_address, server_of
 from tether.server.aiohttp_front.forward import SESSION_KEY
 from tether.server.cluster.lease import NodeState
+from tether.server.entries import iso as _iso
 from tether.server.state import EndReason
 from tether.server.store.record import SessionRecord, Tombstone
 
@@ -63,13 +63,10 @@ def record_entry(record: SessionRecord | None, holder: Holder) -> dict[str, Any]
             input_bytes=sum(record.input_counts.values()),
             created_at=_iso(record.created_at),
             last_activity=_iso(record.last_activity),
+            name=record.name,
         )
     entry.update(owner=holder.owner, node=holder.node, node_state=holder.state.value)
     return entry
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def remote_entries(
@@ -94,9 +91,17 @@ async def remote_entries(
     return entries
 
 
-async def to_owner(request: web.Request, key: str) -> web.Response | None:
-    """Answer a ``/api/sessions/{key}`` request for a key another node owns (None: not held
-    elsewhere, the caller answers as a single node would)."""
+async def to_owner(
+    request: web.Request,
+    key: str,
+    *,
+    owner: str | None = None,
+    path: str = "/api/sessions/",
+    body: dict[str, Any] | None = None,
+) -> web.Response | None:
+    """Answer a ``{path}{key}`` request for a key another node owns (None: not held
+    elsewhere, the caller answers as a single node would). ``owner``: the caller's own sessions
+    only (``/api/me/sessions``): another owner's key is answered 404, as if it did not exist."""
     cluster = _cluster(request)
     if is_peer_request(request):
         return None
@@ -106,10 +111,17 @@ async def to_owner(request: web.Request, key: str) -> web.Response | None:
         return unavailable()
     if holder is None or holder.node == cluster.node_id:
         return None
+    if owner is not None and holder.owner != owner:
+        body_out = {"error": {"code": "not_found", "message": f"no session {key[:140]}"}}
+        return web.json_response(body_out, status=404)
     if holder.state is NodeState.UP:
-        return await _ask_node(request, holder.url, request.method, f"/api/sessions/{key}")
+        return await _ask_node(request, holder.url, request.method, path + key, body)
     if request.method == "DELETE":
-        return await _end_lost(request, holder)
+        reason = EndReason.KILLED if owner is None else EndReason.ENDED
+        return await _end_lost(request, holder, reason)
+    if request.method != "GET":  # a rename needs the live session
+        body_out = {"error": {"code": "node_unreachable", "message": "owner node lost"}}
+        return web.json_response(body_out, status=502)
     try:
         record = await cluster.store.get_record(key)
     except RegistryUnavailable:
@@ -117,8 +129,8 @@ async def to_owner(request: web.Request, key: str) -> web.Response | None:
     return web.json_response(record_entry(record, holder))
 
 
-async def _end_lost(request: web.Request, holder: Holder) -> web.Response:
-    """Kill a lost node's session: take its key, leave the operator's tombstone, release it."""
+async def _end_lost(request: web.Request, holder: Holder, reason: EndReason) -> web.Response:
+    """End a lost node's session: take its key, leave the tombstone, release it."""
     server, cluster = server_of(request), _cluster(request)
     lease = cluster.lease
     if lease is None:
@@ -126,7 +138,7 @@ async def _end_lost(request: web.Request, holder: Holder) -> web.Response:
     try:
         result = await cluster.registry.claim(holder.key, lease, owner=holder.owner, takeover=True)
         if result.claim is not None:
-            now, reason = server.clock.time(), EndReason.KILLED
+            now = server.clock.time()
             ttl = server.settings.tombstone_ttl
             await cluster.store.put_tombstone(
                 Tombstone(holder.key, holder.owner, reason.code, reason.reason, now, now + ttl)
@@ -135,7 +147,8 @@ async def _end_lost(request: web.Request, holder: Holder) -> web.Response:
             await cluster.registry.release(result.claim)
     except RegistryUnavailable:
         return unavailable()
-    return web.json_response({"killed": holder.key, "node": holder.node})
+    said = "killed" if reason is EndReason.KILLED else "ended"
+    return web.json_response({said: holder.key, "node": holder.node})
 
 
 async def clear_others(request: web.Request, body: dict[str, Any]) -> list[str]:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from tether.errors import HandoverError
 from tether.server import handover, logs, pty, survival, upgrade
-from tether.server.aiohttp_front.api import _require_operator, json_error
+from tether.server.aiohttp_front.api import json_error, require_operator
 from tether.server.aiohttp_front.context import server_of
 from tether.server.aiohttp_front.site import GuardedSite
 from tether.server.config import Settings
@@ -96,8 +96,17 @@ def start(server: Server, site: web.BaseSite, settings: Settings) -> None:
     )
     loop.add_signal_handler(signal.SIGUSR2, lambda: _upgrade_in_background(server))
     survival.serving(server.manager, listen_fds, server.generation)
+    survival.watch_supervisor(_stop_as_on_sigterm)
     if server.generation > 1:
         _in_background(_reap_strays(server))
+
+
+def _stop_as_on_sigterm() -> None:
+    """Drain and end as SIGTERM does (once its handler is there: it comes after listening)."""
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        asyncio.get_running_loop().call_later(0.1, _stop_as_on_sigterm)
+        return
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def _reap_strays(server: Server) -> None:
@@ -138,7 +147,7 @@ def _in_background(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
 async def restart(request: web.Request) -> web.StreamResponse:
     """``POST /api/restart`` (operator): check the new code, then upgrade in place. 202 once
     the check passed (the new generation follows); 409 with the reason when it failed."""
-    refused = _require_operator(request)
+    refused = require_operator(request)
     if refused is not None:
         return refused
     server = server_of(request)
