@@ -9,9 +9,11 @@ and exactly-once input. Tests wait on conditions re-checked at every event, neve
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -78,7 +80,8 @@ async def test_fetch_projects(server: FakeServer) -> None:
 
 
 async def test_fetch_from_dead_url_fails_clearly() -> None:
-    with pytest.raises(ConnectFailed, match=r"GET http://127\.0\.0\.1:9/api/projects failed"):
+    refused = r"^cannot reach the server at http://127\.0\.0\.1:9: connection refused"
+    with pytest.raises(ConnectFailed, match=refused):
         await client.fetch_projects("ws://127.0.0.1:9")
 
 
@@ -208,7 +211,8 @@ async def test_first_connect_refusal_raises(server: FakeServer, code: int, error
 
 
 async def test_dead_url_raises_connect_failed() -> None:
-    with pytest.raises(ConnectFailed, match=r"cannot reach ws://127\.0\.0\.1:9/ws/terminal"):
+    refused = r"^cannot reach the server at ws://127\.0\.0\.1:9/ws/terminal: connection refused"
+    with pytest.raises(ConnectFailed, match=refused):
         await connect("http://127.0.0.1:9", project="default", connect_timeout=2)
 
 
@@ -531,3 +535,18 @@ async def test_resize_is_sent_and_clamped_to_the_protocols_limits(server: FakeSe
         await server.drop_all()
         await reconnected(term, server)
         assert (server.connects[1]["cols"], server.connects[1]["rows"]) == ("1000", "1")
+
+
+async def test_a_terminal_whose_shell_exited_leaves_nothing_open(
+    real_server: ServerProcess,
+) -> None:
+    term = await connect(real_server.ws_url, project=real_server.project)
+    await term.send("exit 3\r")
+    ended = await term.wait_closed()
+    assert ended is not None and ended.code == 4012
+    assert term.exit_status is not None and term.exit_status.code == 3
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        del term  # never closed by the caller: the shell's exit released everything
+        gc.collect()
+    assert [str(w.message) for w in caught] == []

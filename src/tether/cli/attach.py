@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import click
 
 from tether.cli._group import cli
 from tether.cli.check import CommandFailed
-from tether.client import Terminal, fetch_projects, websocket_url
+from tether.client import Exited, Terminal, fetch_projects, websocket_url
 from tether.client.attach import Attachment, AttachResult, window_size
 from tether.client.credentials import stored_token
 from tether.errors import ClientError, SessionEnded
 
 DEFAULT_URL = "ws://127.0.0.1:4001"
+DETACH_KEYS = "Ctrl-\\ then d"
 
 
-def _status(message: str) -> None:
-    # Raw mode: a line of its own, in reverse video, with explicit CR LF.
-    sys.stderr.write(f"\r\n\x1b[7m[tether] {message}\x1b[0m\r\n")
-    sys.stderr.flush()
+class NotATerminal(click.ClickException):
+    """Standard input is not a terminal: one line, exit 2, before anything is connected."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"tether: {self.message}", err=True)
 
 
 async def _attach(
@@ -39,7 +44,11 @@ async def _attach(
     )
     await term.open()
     try:
-        attachment = Attachment(term, sys.stdin.fileno(), sys.stdout.fileno(), _status)
+        click.echo(
+            f"[tether] attached to {term.session_id} (project {project}); detach: {DETACH_KEYS}",
+            err=True,
+        )
+        attachment = Attachment(term, sys.stdin.fileno(), sys.stdout.fileno())
         return await attachment.run(), project
     finally:
         await term.close()
@@ -47,10 +56,13 @@ async def _attach(
 
 def _report(result: AttachResult, url: str, project: str) -> int:
     if result.reason == "ended" and result.ended is not None:
+        if result.ended.code == 4012:
+            click.echo(f"\r\n[tether] {_exited(result.exit_status)}", err=True)
+            return 0
         click.echo(
             f"\r\n[tether] session {result.session_id} ended: {_why(result.ended)}", err=True
         )
-        return 0 if result.ended.code == 4012 else 1
+        return 1
     again = f"tether attach {url} --project {project}"
     click.echo(f"\r\n[tether] detached from session {result.session_id}", err=True)
     click.echo(f"[tether] re-attach: {again} --session {result.session_id}", err=True)
@@ -59,6 +71,21 @@ def _report(result: AttachResult, url: str, project: str) -> int:
 
 def _why(ended: SessionEnded) -> str:
     return f"{ended.code} {ended.reason}".strip()
+
+
+def _stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # closed
+        return False
+
+
+def _exited(status: Exited | None) -> str:
+    if status is None:
+        return "shell exited"
+    if status.signal:
+        return f"shell exited on signal {status.signal}"
+    return f"shell exited with status {status.code}"
 
 
 @cli.command("attach")
@@ -85,6 +112,8 @@ def attach(
     URL may be the WebSocket endpoint or the server's base URL (default ws://127.0.0.1:4001).
     Without --session a new session is created; its id is printed on detach.
     """
+    if not _stdin_is_terminal():
+        raise NotATerminal("attach needs a terminal on standard input (it is a pipe or a file)")
     target = url_option or url or DEFAULT_URL
     try:
         websocket_url(target)

@@ -43,6 +43,7 @@ from tether.client.events import (
     Resized,
     ServerError,
 )
+from tether.client.problems import unreachable
 from tether.client.urls import (
     auth_headers,
     describe_error,
@@ -134,6 +135,8 @@ class Terminal:
     ``output()`` yields the session's output stream exactly (no loss, no repetition) across
     reconnects, unless the server reports a :class:`Gap`. Input given to :meth:`send` is written
     exactly once. Use as ``async with connect(...) as term`` or ``term = await connect(...)``.
+    A terminal that stops on its own (the shell exited, a stop code) releases its connection
+    and HTTP session; otherwise :meth:`close` does.
     """
 
     def __init__(
@@ -262,6 +265,10 @@ class Terminal:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
         self._finish()
+        await self._release()
+
+    async def _release(self) -> None:
+        """Close the HTTP session (idempotent), so nothing is left for the garbage collector."""
         if self._http is not None:
             await self._http.close()
 
@@ -402,7 +409,7 @@ class Terminal:
                 )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self.protocol.connection_lost(CloseCode.ABNORMAL, describe_error(exc))
-            raise ConnectFailed(f"cannot reach {self.url}: {describe_error(exc)}") from exc
+            raise ConnectFailed(unreachable(self.url, describe_error(exc))) from exc
         try:
             attached = await self._receive_hello(ws, deadline)
         except ClientError:
@@ -481,6 +488,8 @@ class Terminal:
         finally:
             self._ws = None
             self._finish()
+            if not self._closing:  # it stopped on its own (the shell exited, …): release it all
+                await self._release()
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int, str]:
         """Read one connection until it ends; its close code (1006 without a close frame).

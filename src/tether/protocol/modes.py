@@ -103,6 +103,32 @@ class TerminalModes:
         parts += ["\x1b[?7l"] if self.autowrap_off else []
         return "".join(parts)
 
+    def reset_sequence(self) -> str:
+        """Escape sequences that bring a terminal in these modes back to the defaults ("" when
+        already there): what a client writes to its own terminal when it leaves a session.
+
+        Margins are reset before the alternate screen is left (leaving it restores the cursor);
+        on the main screen the cursor is kept around a scroll-region reset, which homes it.
+        """
+        private = sorted(self.mouse_tracking) + sorted(self.mouse_encodings)
+        private += [1] if self.app_cursor_keys else []
+        private += [2004] if self.bracketed_paste else []
+        private += [1004] if self.focus_events else []
+        parts = [f"\x1b[?{mode}l" for mode in private]
+        parts += ["\x1b>"] if self.app_keypad else []
+        parts += ["\x1b[?25h"] if self.cursor_hidden else []
+        parts += ["\x1b[?7h"] if self.autowrap_off else []
+        margins = ("\x1b[?6l" if self.origin_mode else "") + (
+            "\x1b[r" if self.scroll_region is not None else ""
+        )
+        if self.alt_screen:
+            parts += [margins, "\x1b[?1049l"]
+        elif self.origin_mode:
+            parts += [margins, "\x1b[999;1H"]  # the cursor went home: continue at the bottom
+        elif margins:
+            parts.append(f"\x1b7{margins}\x1b8")
+        return "".join(parts)
+
 
 _BOOLEAN_FIELDS = tuple(f.name for f in dataclasses.fields(TerminalModes) if f.type == "bool")
 
