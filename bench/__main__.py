@@ -81,9 +81,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     started = time.monotonic()
                     figures = await run_workload(name, workload, target_name, sizes, args)
                     seconds = time.monotonic() - started
-                    shown = {k: round(v, 3) for k, v in figures.items()}
+                    numbers = {k: v for k, v in figures.items() if isinstance(v, int | float)}
+                    shown = {k: round(v, 3) for k, v in numbers.items()}
+                    notes = {k: v for k, v in figures.items() if k not in numbers and v}
                     print(f"run {run + 1} {name:20} {target_name:10} {seconds:6.1f} s {shown}")
-                    for key, value in figures.items():
+                    if notes:  # what went wrong, when something did
+                        print(f"      {notes}")
+                    for key, value in numbers.items():
                         runs[target_name].setdefault(key, []).append(float(value))
     medians = {t: {k: statistics.median(v) for k, v in figs.items()} for t, figs in runs.items()}
     return {

@@ -55,6 +55,8 @@ async def measure(args: argparse.Namespace) -> None:
             "shell": "bash --norc --noprofile",
             "log_file": str(workdir / "server.log"),
             "max_sessions": 5000,
+            "auth": "none",
+            "allow_same_user_shells": True,
         },
         cwd=workdir,
     )

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +360,16 @@ class PtyTarget(Target):
         return psutil.Process()
 
 
+# The targets with a fixed name (each takes the shell); "tether" and its variants are
+# named in make_target.
+FIXED_TARGETS: dict[str, Callable[[str], Target]] = {
+    "asgi": AsgiTarget,
+    "terminado": TerminadoTarget,
+    "pty": PtyTarget,
+}
+TARGET_NAMES = ("tether", *FIXED_TARGETS)
+
+
 def make_target(
     name: str,
     tether_args: tuple[str, ...] = (),
@@ -373,12 +384,8 @@ def make_target(
     if name == "tether" or name in pythons or name in extra_args:
         args = (*tether_args, *extra_args.get(name, ()))
         return TetherTarget(*args, shell=shell, python=pythons.get(name), name=name)
-    if name == "terminado":
-        return TerminadoTarget(shell)
-    if name == "asgi":
-        return AsgiTarget(shell)
-    if name == "pty":
-        return PtyTarget(shell)
+    if name in FIXED_TARGETS:
+        return FIXED_TARGETS[name](shell)
     raise ValueError(name)
 
 

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.targets import Link, Target, TetherTarget
-from tether.tools.loadkit import Recorder, delete_session, percentile
+from tether.tools.leftovers import delete_session
+from tether.tools.loadkit import Recorder, percentile
 from tether.tools.loaduser import TypingUser, new_http
 from tether.tools.proxy import TcpProxy
 
@@ -326,14 +327,17 @@ async def herd(target: Target, clients: int = 1000) -> dict[str, Any]:
         await in_parallel(clients, 50, lambda i: users[i].start())
         await asyncio.gather(*(u.type_line(6, (0, 0)) for u in users))
         started = time.perf_counter()
+        server_cpu, client_cpu = target.cpu_seconds(), time.process_time()
         proxy.abort_all()
         # Every user types at once, while cut: the keys wait as unacknowledged input.
         await asyncio.gather(
             *(u.type_line(8, (0, 0), timeout=60) for u in users), return_exceptions=True
         )
         elapsed = time.perf_counter() - started
+        server_cpu, client_cpu = target.cpu_seconds() - server_cpu, time.process_time() - client_cpu
         replays = await in_parallel(clients, 50, lambda i: users[i].verify_replay())
         failed = sum(1 for u in users if u.failed)
+        failures = sorted({str(u.failed) for u in users if u.failed})[:5]
         for user in users:
             await user.close()
     for user in users:
@@ -341,10 +345,16 @@ async def herd(target: Target, clients: int = 1000) -> dict[str, Any]:
     return {
         "herd_clients": clients,
         "herd_all_resumed_s": elapsed,
+        # Where that time went: the server's CPU, and this process's (the clients and the proxy).
+        "herd_server_cpu_s": server_cpu,
+        "herd_client_cpu_s": client_cpu,
         "herd_exact": clients - failed,
         "herd_replays_exact": sum(1 for ok in replays if ok),
         "herd_storm_refusals": recorder.close_codes.get(4129, 0),
         "herd_reattach_p99_ms": recorder.summary().get("reattach", {}).get("p99"),
+        # What went wrong, when something did (not a figure of the plot).
+        "herd_failures": failures,
+        "herd_refusals": {str(code): n for code, n in recorder.close_codes.items()},
     }
 
 

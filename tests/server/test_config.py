@@ -20,7 +20,7 @@ def test_defaults_match_the_documented_ones(tmp_path: Path) -> None:
     assert settings.idle_timeout == 1800 and settings.kill_grace == 5
     assert (settings.storm_threshold, settings.address_storm_threshold) == (10, 300)
     assert settings.storm_window == 10 and settings.heartbeat == 25
-    assert settings.max_message_size == 1024 * 1024 and settings.max_sessions == 2000
+    assert settings.max_message_size == 1024 * 1024 and settings.max_sessions is None
     assert settings.log_file == (tmp_path / "logs/terminal-websocket.log").resolve()
     assert settings.shell and settings.shell[0]
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from tether.cli._group import cli
-from tether.cli.check import CommandFailed
+from tether.cli._group import CommandFailed, cli
 from tether.client import Exited, Terminal, fetch_projects, websocket_url
 from tether.client.attach import Attachment, AttachResult, window_size
 from tether.client.credentials import stored_token

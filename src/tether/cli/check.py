@@ -25,7 +25,7 @@ from tether.client.credentials import stored_token
 from tether.tools.check import SCENARIOS, CheckProgress, CheckReport, run_check
 from tether.tools.figures import describe
 
-__all__ = ["CommandFailed", "check"]  # CommandFailed: for `tether attach` too
+__all__ = ["check"]
 
 _STYLES = {"pass": "bold green", "fail": "bold red", "skip": "yellow"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Any
@@ -26,12 +27,15 @@ _SCALAR_FLAGS = (
     ("storm-window", "SECONDS", "the storm window (default 10)"),
     ("heartbeat", "SECONDS", "ping interval; two unanswered pings drop a client (default 25)"),
     ("max-message-size", "BYTES", "larger client frames close with 1009 (default 1048576)"),
-    ("max-sessions", "N", "sessions this server holds at most, then 1013 (default 2000)"),
+    ("max-sessions", "N", "sessions held at most, then 1013 (default: what fds and PTYs allow)"),
     ("log-file", "PATH", "JSON lifecycle log, '-' for none (default logs/terminal-websocket.log)"),
     ("log-level", "LEVEL", "debug, info, warning or error (default info)"),
     ("log-stderr-level", "LEVEL", "human log on stderr, or off (default: warning with a log file)"),
     ("drain-grace", "SECONDS", "after SIGTERM or POST /api/drain, end shells after (default 5)"),
     ("tombstone-ttl", "SECONDS", "how long an ended session's reason is kept (default 300)"),
+    ("record-dir", "DIR", "record every session's output as asciicast v2 files in DIR (mode 700)"),
+    ("record-max-bytes", "BYTES", "size of a recording file, then a continuation (default 64 MiB)"),
+    ("record-queue-bytes", "BYTES", "recording not yet written, then events drop (default 8 MiB)"),
 )
 
 
@@ -150,6 +154,13 @@ def _options(command: Any) -> Any:
     help="command line an upgrade in place runs (default: this one; docs/operations.md)",
 )
 @click.option(
+    "--record-input",
+    "record_input",
+    is_flag=True,
+    default=None,
+    help="with --record-dir, record what users type too (off by default: passwords)",
+)
+@click.option(
     "--healthz-auth/--no-healthz-auth",
     "healthz_auth",
     default=None,
@@ -159,6 +170,7 @@ def _options(command: Any) -> Any:
 def serve(config_file: str | None, **flags: Any) -> None:
     """Serve terminals over WebSocket (default 127.0.0.1:4001)."""
     from tether.server.aiohttp_front.app import run
+    from tether.server.capacity import prepare as prepare_capacity
     from tether.server.supervisor import should_supervise, supervise
     from tether.server.upgrade import check_requested
 
@@ -173,6 +185,8 @@ def serve(config_file: str | None, **flags: Any) -> None:
         if check_requested(os.environ):  # an upgrade's pre-check of this code and settings
             check_only(settings)
         elif should_supervise(settings, os.environ):
+            # The supervisor keeps two fds per session and its worker inherits the limit.
+            prepare_capacity(settings.max_sessions)
             raise click.exceptions.Exit(supervise(sys.orig_argv))
         else:
             run(settings)  # raises ConfigError before listening (tokens file, keys, certificate)
@@ -182,6 +196,24 @@ def serve(config_file: str | None, **flags: Any) -> None:
     except HandoverError as exc:
         click.echo(f"tether: {exc}", err=True)
         raise click.exceptions.Exit(1) from None
+    except OSError as exc:
+        if exc.errno not in _LISTEN_ERRORS:
+            raise
+        click.echo(f"tether: {_listen_problem(settings.host, settings.port, exc)}", err=True)
+        raise click.exceptions.Exit(2) from None
+
+
+# A worker exits 2 on these: the supervisor takes that as final (no restart), so the one line
+# comes out once however the server runs.
+_LISTEN_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+
+
+def _listen_problem(host: str, port: int, exc: OSError) -> str:
+    """One line naming the address that could not be listened on, and what to do."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: port {port} is already in use (choose another: --port)"
+    return f"cannot listen on {where}: the address is not available on this machine (--host)"
 
 
 def check_only(settings: Any) -> None:

@@ -61,7 +61,7 @@ class Settings(BaseModel):
     trusted_proxies: tuple[str, ...] = ()
     heartbeat: float = Field(25.0, gt=0)
     max_message_size: int = Field(MiB, ge=1024)
-    max_sessions: int = Field(2000, ge=1)
+    max_sessions: int | None = Field(None, ge=1)  # None: what the limits allow (capacity.py)
     tombstone_ttl: float = Field(300.0, ge=0)
     log_file: Path | None = Path("logs/terminal-websocket.log")
     log_level: str = "info"
@@ -113,6 +113,11 @@ class Settings(BaseModel):
     cluster_timeout: float = Field(1.0, gt=0)
     cluster_record_interval: float = Field(5.0, gt=0)  # record mirror in cluster mode
     cluster_sweep_after: float = Field(60.0, gt=0)  # a lost node's sessions are kept that long
+    # Session recording as asciicast v2 (docs/operations.md, "Recording sessions").
+    record_dir: Path | None = None
+    record_input: bool = False
+    record_max_bytes: int = Field(64 * MiB, ge=4096)  # per file, then a numbered continuation
+    record_queue_bytes: int = Field(8 * MiB, ge=1024)  # not yet written, then events are dropped
 
     @field_validator("log_level")
     @classmethod
@@ -182,6 +187,7 @@ _PATH_SETTINGS = (
     "jwt_deny_list",
     "certfile",
     "keyfile",
+    "record_dir",
 )
 
 

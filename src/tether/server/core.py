@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tether._version import __version__
@@ -20,7 +21,7 @@ from tether.errors import ConfigError, Refusal
 from tether.protocol.codes import CloseCode
 from tether.protocol.messages import check_subprotocols
 from tether.protocol.storm import StormDetector
-from tether.server import auth, hostcheck, logs
+from tether.server import auth, capacity, hostcheck, logs
 from tether.server.clock import Clock, SystemClock
 from tether.server.cluster.placement import LOCAL, Placement
 from tether.server.config import Settings
@@ -30,6 +31,7 @@ from tether.server.manager import Connection, ConnectRequest, SessionManager
 from tether.server.metrics import Metrics, close_code_label
 from tether.server.pending import PendingConnections
 from tether.server.pty import process_rss_bytes
+from tether.server.recorder import Recorder
 from tether.server.session import SessionState
 from tether.server.store import SessionStore
 from tether.server.upgrade import Upgrader
@@ -38,6 +40,13 @@ if TYPE_CHECKING:  # redis is imported only by a server that joins a cluster
     from tether.server.cluster.node import ClusterNode
 
 LOGIN_FAILURE_WINDOW = 60.0  # seconds: max_login_failures per address within it
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """Who an embedding application's identity hook says is connecting (None: nobody, 4001)."""
+
+    identity: Identity | None
 
 
 class Server:
@@ -76,12 +85,26 @@ class Server:
             wall_clock=self.clock.time,
             listener=self._on_event,
         )
+        # What the fds and PTYs allow; the fd soft limit is raised to fit (docs/operations.md).
+        self.capacity = capacity.prepare(settings.max_sessions)
+        self.manager.max_sessions = self.capacity.max_sessions
         if self.cluster is not None:
             manager = self.manager
             self.cluster.bind(lambda: manager.sessions, manager.fence, manager.writer.flush)
             self.manager.record_interval = settings.cluster_record_interval
         self.metrics = Metrics(self.snapshot, self.clock)
         self.metrics.info.labels(__version__).set(1)
+        # --record-dir: every session's output as asciicast (docs/operations.md).
+        self.recorder: Recorder | None = None
+        if settings.record_dir is not None:
+            self.recorder = Recorder.from_settings(
+                settings,
+                self.clock.monotonic,
+                self.clock.time,
+                on_dropped=self.metrics.recording_dropped.inc,
+                on_error=self.metrics.recording_errors.inc,
+            )
+            self.recorder.watch(self.manager)
         self.connections: set[Front] = set()
         self.started_at = self.clock.time()
         self.authenticator = auth.from_settings(settings)  # ConfigError: bad tokens file, key
@@ -219,19 +242,28 @@ class Server:
         """A request a peer node forwarded (its client's address is then believed)."""
         return self.cluster is not None and self.cluster.is_relay(headers, peer)
 
-    def admit(self, front: Front, upgrade: Upgrade, *, claimed: str | None = None) -> Connection:
+    def admit(
+        self,
+        front: Front,
+        upgrade: Upgrade,
+        *,
+        claimed: str | None = None,
+        host_identity: HostIdentity | None = None,
+    ) -> Connection:
         """Create or attach a session for a ``/ws/terminal`` attempt, before the upgrade.
 
         Raises :class:`Refusal` (already counted and logged): the front closes with its code.
         ``claimed``: the key :meth:`place` claimed for it, released unless a session was made.
+        ``host_identity``: who an embedding application says is connecting (its identity hook);
+        None: the request's credential decides, under tether's own auth settings.
         """
         try:
-            return self._admit(front, upgrade)
+            return self._admit(front, upgrade, host_identity)
         finally:
             if self.cluster is not None and claimed is not None:
                 self.cluster.settle(claimed)
 
-    def _admit(self, front: Front, upgrade: Upgrade) -> Connection:
+    def _admit(self, front: Front, upgrade: Upgrade, host: HostIdentity | None) -> Connection:
         retry_after = self.login_retry_after(front.address)
         if retry_after is not None:
             refusal = Refusal(CloseCode.STORM, f"retry-after={retry_after}")
@@ -246,7 +278,9 @@ class Server:
         request = ConnectRequest(
             query=upgrade.query,
             address=front.address,
-            identity=self.identify(upgrade.headers, upgrade.cookies, upgrade.query, front.address),
+            identity=host.identity
+            if host is not None
+            else self.identify(upgrade.headers, upgrade.cookies, upgrade.query, front.address),
             origin_ok=self.origin_allowed(upgrade.headers),
             subprotocol_error=subprotocol_error,
             owner_limit=self.owner_limit,
@@ -438,7 +472,7 @@ class Server:
             },
             "detached_oldest_seconds": max(detached, default=0.0),
             "idle_timeout_seconds": self.settings.idle_timeout,
-            "max_sessions": self.settings.max_sessions,
+            "max_sessions": self.manager.max_sessions,
             "ready": self.is_ready(),
         }
 
@@ -503,7 +537,9 @@ class Server:
             await asyncio.wait({self._drain_task})  # ended, failed or cut short: all the same
 
     async def _end_after_grace(self) -> None:
-        await self.clock.sleep(self.settings.drain_grace)
+        # The grace is for shells that run: with none, stop at once (Ctrl-C on an idle server).
+        if self.manager.sessions:
+            await self.clock.sleep(self.settings.drain_grace)
         await self.manager.shutdown()
 
     async def shutdown(self) -> None:
@@ -512,5 +548,7 @@ class Server:
             self._drain_task.cancel()
         self.begin_drain()
         await self.manager.shutdown()
+        if self.recorder is not None:  # what the shells printed last, on disk
+            await asyncio.to_thread(self.recorder.close)
         if self.cluster is not None:
             await self.cluster.stop()

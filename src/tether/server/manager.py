@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tether.errors import ConfigError, Refusal, SpawnError
+from tether.errors import ConfigError, OutOfResources, Refusal, SpawnError
 from tether.protocol.codes import CloseCode
 from tether.protocol.ids import composite_key, new_session_id, resolve_session_id
 from tether.protocol.messages import ConnectParams, creation_size, parse_connect_params
@@ -74,7 +74,7 @@ class ConnectRequest:
     owner_limit: int | None = None  # sessions per owner, where auth is on
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Connection:
     """An admitted connection: the session, the client, and the hello to send first."""
 
@@ -96,6 +96,9 @@ class SessionManager:
         listener: EventListener | None = None,
     ) -> None:
         self.settings = settings
+        # The server sets what its limits allow (server/capacity.py); a bare manager trusts
+        # the setting.
+        self.max_sessions: int = settings.max_sessions or 2000
         self.store: SessionStore = store if store is not None else MemoryStore()
         self.sessions: dict[str, Session] = {}
         self.tombstones = TombstoneTable()  # this process's, in monotonic time; mirrored
@@ -120,6 +123,10 @@ class SessionManager:
         # Told of every session created and ended (crash survival: server/survival.py).
         self.on_created: list[Callable[[Session], None]] = []
         self.on_ended: list[Callable[[Session], None]] = []
+        # Told of every session taken over from a previous process, and asked to flush before
+        # an upgrade's exec (session recording: server/recording.py).
+        self.on_adopted: list[Callable[[Session], None]] = []
+        self.on_flush: list[Callable[[], None]] = []
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -218,7 +225,7 @@ class SessionManager:
             owned = sum(1 for s in self.sessions.values() if s.info.owner == identity.owner)
             if owned >= request.owner_limit:
                 raise Refusal(CloseCode.OWNER_LIMIT, "session limit of this owner reached")
-        if len(self.sessions) >= self.settings.max_sessions:
+        if len(self.sessions) >= self.max_sessions:
             raise Refusal(CloseCode.TRY_AGAIN_LATER, "server at capacity")
 
     def _create(
@@ -241,6 +248,9 @@ class SessionManager:
             directory = str(project.directory)
             owner_uid = switched_uid(argv)
             process = pty.spawn(argv, directory, env, cols, rows, terminal_owner=owner_uid)
+        except OutOfResources as exc:  # the machine is full: a capacity refusal, not a failure
+            self._emit("capacity", key=key, project=params.project, reason=str(exc))
+            raise Refusal(CloseCode.TRY_AGAIN_LATER, f"server at capacity: {exc}") from exc
         except SpawnError as exc:
             self.start_failures.record_failure(params.project, now)
             self._emit("error", key=key, project=params.project, reason=str(exc))
@@ -285,6 +295,8 @@ class SessionManager:
         key = session.info.key
         session.set_exit_handler(self._on_exit)
         self.sessions[key] = session
+        for hook in self.on_adopted:
+            hook(session)
         self.writer.put_record(key)
         self._watch_records()
         self._emit("adopt", key=key, session=session.info.session_id, pid=session.info.pid)
@@ -334,6 +346,8 @@ class SessionManager:
         """Mark every session changed since its last write and wait for the writes (one attempt
         each): afterwards the store holds what this manager knows, unless it failed."""
         self._mark_changed()
+        for flush in self.on_flush:
+            flush()
         await self.writer.flush()
 
     def _on_store_error(self, key: str | None, error: Exception) -> None:
@@ -395,8 +409,9 @@ class SessionManager:
         self._trim_handle = None
         pty.release_free_memory()
 
-    def kill(self, key: str) -> bool:
-        """End a session on an operator's word: its clients get 4013."""
+    def kill(self, key: str, reason: EndReason = EndReason.KILLED) -> bool:
+        """End a session on an operator's (or, with ``EndReason.ENDED``, its owner's) word: its
+        clients get 4013."""
         session = self.sessions.get(key)
         if session is None:
             return False
@@ -408,8 +423,19 @@ class SessionManager:
             project=session.info.project,
             owner=session.info.owner,
             pid=session.info.pid,
+            reason=reason.reason,
         )
-        self._end(session, EndReason.KILLED)
+        self._end(session, reason)
+        return True
+
+    def rename(self, key: str, name: str) -> bool:
+        """Give a session a display name (validated by the caller); False: no such session."""
+        session = self.sessions.get(key)
+        if session is None:
+            return False
+        session.rename(name)
+        self.writer.put_record(key)
+        self._emit("rename", key=key, session=session.info.session_id, name=name)
         return True
 
     def fence(self, key: str) -> bool:
@@ -493,4 +519,5 @@ def _fingerprint(session: Session) -> tuple[Any, ...]:
         info.last_activity,
         session.input_bytes,
         len(counts),
+        info.name,
     )

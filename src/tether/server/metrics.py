@@ -274,6 +274,14 @@ class Metrics:
         self.spawn_failures = Counter(
             "tether_spawn_failures_total", "Shells that failed to start", registry=r
         )
+        self.recording_dropped = Counter(
+            "tether_recording_dropped_events_total",
+            "Recording events dropped: the writer could not keep up, or the disk failed",
+            registry=r,
+        )
+        self.recording_errors = Counter(
+            "tether_recording_errors_total", "Failed writes of session recordings", registry=r
+        )
         self.info = Gauge("tether_build_info", "Build information", ["version"], registry=r)
         for scope in ("key", "address", "project"):
             self.breaker_opens.labels(scope)  # exported as 0 before the first opening

@@ -19,16 +19,32 @@ import signal
 import struct
 import termios
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from tether.errors import SpawnError
+from tether.errors import OutOfResources, SpawnError
 
 READ_CHUNK = 65536
 _SPAWN_LOCK = threading.Lock()
 _subreaper = False  # set by become_subreaper(): orphans of our shells are then our children
 _shells: set[int] = set()  # shells spawned here and not yet reaped (each leads its own session)
 _ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
+ExitStatus = tuple[int | None, int | None]  # (exit code, signal number)
+
+
+def _unknown_exit(_pid: int) -> ExitStatus | None:
+    return (None, None)
+
+
+# The exit status of a shell that is not our child (its reaper, the supervisor, reports it:
+# server/survival.py); None while it has ended but not been reported yet.
+_orphan_exit: Callable[[int], ExitStatus | None] = _unknown_exit
+
+
+def report_orphan_exits_with(lookup: Callable[[int], ExitStatus | None]) -> None:
+    """Where :meth:`PtyProcess.poll_exit` learns how a shell that is not our child ended."""
+    global _orphan_exit
+    _orphan_exit = lookup
 
 
 @dataclass(slots=True)
@@ -73,9 +89,11 @@ class PtyProcess:
         """Reap the shell if it ended: (exit code, signal number), else None."""
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            _shells.discard(self.pid)
-            return (None, None)
+        except ChildProcessError:  # not our child (adopted after a crash): ask its reaper
+            status_of_orphan = _orphan_exit(self.pid)
+            if status_of_orphan is not None:
+                _shells.discard(self.pid)
+            return status_of_orphan
         if pid == 0:
             return None
         _shells.discard(self.pid)
@@ -108,7 +126,10 @@ def spawn(
     then given to it (group ``tty``, mode 620, as login does), so that its programs can reopen
     their terminal by name and no other account can.
     """
-    master, slave = os.openpty()
+    try:
+        master, slave = os.openpty()
+    except OSError as exc:
+        raise _out_of_resources(exc) from exc
     try:
         if terminal_owner is not None:
             _give_terminal(slave, terminal_owner)
@@ -185,9 +206,27 @@ def _posix_spawn_in(argv: Sequence[str], cwd: str, env: Mapping[str, str], slave
                 setsigdef=_ALL_SIGNALS,
             )
         except OSError as exc:
+            if exc.errno in _RESOURCE_ERRORS:
+                raise _out_of_resources(exc) from exc
             raise SpawnError(f"cannot start {argv[0]}: {exc.strerror}") from exc
         finally:
             os.chdir(previous)
+
+
+# A full machine rather than a broken shell: no PTY (ENOSPC), fd (EMFILE, ENFILE) or process.
+_RESOURCE_ERRORS = {errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM}
+
+
+def _out_of_resources(exc: OSError) -> SpawnError:
+    """The error for a failed PTY open or spawn: :class:`OutOfResources` when the machine is
+    full (its message names what ran out), else a plain :class:`SpawnError`."""
+    if exc.errno == errno.ENOSPC:
+        return OutOfResources("no free PTY")
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return OutOfResources("no file descriptor left")
+    if exc.errno in _RESOURCE_ERRORS:
+        return OutOfResources("no process left")
+    return SpawnError(f"cannot open a PTY: {exc.strerror}")
 
 
 def session_members(sid: int) -> list[int] | None:
@@ -250,6 +289,11 @@ def _session_id_of(pid: int) -> int | None:
         return None
     fields = stat[stat.rfind(b")") + 2 :].split()
     return int(fields[3]) if len(fields) > 3 else None
+
+
+def leads_a_session(pid: int) -> bool:
+    """True when ``pid`` (running, or a zombie) leads its session: a terminal's shell."""
+    return _session_id_of(pid) == pid
 
 
 def scan_all_processes(sid: int) -> list[int]:

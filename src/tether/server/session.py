@@ -37,11 +37,13 @@ __all__ = [
     "Session",
     "SessionInfo",
     "SessionObserver",
+    "SessionRecorder",
     "SessionState",
 ]
 
 _MAX_INPUT_IDS = 256  # input counts kept per session (the most recently used client ids)
 _NUDGE_DELAY = 0.05  # seconds between the two resizes of a redraw nudge
+_FRESH_MODES = ModeTracker()  # the modes at the tail of a ring that never dropped a byte
 
 
 # ----------------------------------------------------------------------------- clients
@@ -62,10 +64,22 @@ class SessionObserver(Protocol):
     """Told of what a new server process would need after a crash (server/survival.py)."""
 
     def output_appended(self, session: Session, data: bytes) -> None:
-        """``data`` was read from the PTY and is about to be appended to the ring."""
+        """``data`` was read from the PTY and appended to the ring (no client has it yet)."""
 
     def input_counted(self, session: Session) -> None:
         """An input count changed (bytes were written to the PTY)."""
+
+
+class SessionRecorder(Protocol):
+    """Told of the session's output, input and resizes (server/recording.py); never blocks."""
+
+    def output(self, data: bytes) -> None: ...
+
+    def input(self, data: bytes) -> None: ...
+
+    def resize(self, cols: int, rows: int) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -93,7 +107,7 @@ class AttachResult:
     hello: dict[str, Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionInfo:
     """The serializable facts about a session (what a shared registry would hold)."""
 
@@ -107,6 +121,7 @@ class SessionInfo:
     pid: int = 0
     last_activity: float = 0.0
     input_counts: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    name: str = ""  # the display name its owner gave it (empty: none)
 
 
 _PendingInput = tuple[str, memoryview, asyncio.Future[None] | None]
@@ -130,13 +145,16 @@ class Session:
         process (docs/architecture.md, "Surviving the server process"); it starts detached."""
         self.info = info
         self.process = process
-        self.ring, self.tail_modes = adopted or (RingBuffer(buffer_size), ModeTracker())
-        # tail_modes is fed every byte the ring drops: the modes at its tail
+        self.ring = adopted[0] if adopted else RingBuffer(buffer_size)
+        # Fed every byte the ring drops: the modes at its tail. Made when the ring first drops
+        # a byte (most rings never do): until then the modes of a fresh terminal.
+        self._tail_modes: ModeTracker | None = adopted[1] if adopted else None
         self.clients: list[Client] = []
         self.state = SessionState.STARTING
         self.detached_since: float = clock()
         self.input_bytes = 0
-        self.terminated = asyncio.Event()
+        self._terminated: asyncio.Event | None = None  # made when someone waits: see terminated
+        self._processes_ended = False
         self.ending: asyncio.Task[None] | None = None  # ends the processes; held so it runs out
         self._clock = clock
         self._on_exit = on_exit
@@ -149,11 +167,31 @@ class Session:
         self._exit_status: tuple[int | None, int | None] | None = None
         self._exit_drain_budget = 0
         self.observer: SessionObserver | None = None  # crash-survival state (server/survival.py)
+        self.recorder: SessionRecorder | None = None  # with --record-dir (server/recording.py)
         if adopted is not None:
             self._transition(SessionEvent.ADOPT)
         self._start_reading()
         if process.pidfd >= 0:
             self._loop.add_reader(process.pidfd, self._on_child_event)
+
+    @property
+    def tail_modes(self) -> ModeTracker:
+        """The terminal modes in force at the ring's tail (read it, do not feed it)."""
+        return self._tail_modes if self._tail_modes is not None else _FRESH_MODES
+
+    def _feed_tail_modes(self, evicted: bytes) -> None:
+        if self._tail_modes is None:
+            self._tail_modes = ModeTracker()
+        self._tail_modes.feed(evicted)
+
+    @property
+    def terminated(self) -> asyncio.Event:
+        """Set once every process is gone and the fds are closed (after :meth:`end`)."""
+        if self._terminated is None:
+            self._terminated = asyncio.Event()
+            if self._processes_ended:
+                self._terminated.set()
+        return self._terminated
 
     def set_exit_handler(self, on_exit: Callable[[Session, int | None, int | None], None]) -> None:
         """Who is told when the shell exits (the manager that adopted this session)."""
@@ -201,9 +239,11 @@ class Session:
             return b"", True
 
     def _append_output(self, data: bytes) -> None:
-        if self.observer is not None:
+        self.ring.append(data, self._feed_tail_modes)
+        if self.observer is not None:  # before any client is sent the bytes
             self.observer.output_appended(self, data)
-        self.ring.append(data, self.tail_modes.feed)
+        if self.recorder is not None:
+            self.recorder.output(data)
         for client in self.clients:
             client.sink.wake()
 
@@ -317,6 +357,8 @@ class Session:
         if self.state is SessionState.ENDED or not data:
             return
         self.info.last_activity = self._clock()
+        if self.recorder is not None:
+            self.recorder.input(data)
         view = memoryview(data)
         if not self._pending_input:
             written = self.process.write(view)
@@ -382,9 +424,17 @@ class Session:
         if (cols, rows) != (self.info.cols, self.info.rows):
             self.info.cols, self.info.rows = cols, rows
             self.process.resize(cols, rows)
+            if self.recorder is not None:
+                self.recorder.resize(cols, rows)
         for client in self.clients:
             if client is not origin:
                 client.sink.send_message({"type": "resize", "cols": cols, "rows": rows})
+
+    def rename(self, name: str) -> None:
+        """Set the display name (already validated: ``store.record.check_display_name``)."""
+        self.info.name = name
+        if self.observer is not None:  # the facts a new process reads after a crash
+            self.observer.input_counted(self)
 
     # ----------------------------------------------------------------- exit and ending
     def _on_child_event(self) -> None:
@@ -454,7 +504,9 @@ class Session:
         try:
             await ending.end_processes(self.process, kill_grace)
         finally:
-            self.terminated.set()
+            self._processes_ended = True
+            if self._terminated is not None:
+                self._terminated.set()
 
     # ----------------------------------------------------------------- facts
     @property
@@ -477,4 +529,6 @@ class Session:
             "cols": self.info.cols,
             "rows": self.info.rows,
             "input_bytes": self.input_bytes,
+            "name": self.info.name,
+            **({"recording": self.recorder.stats()} if self.recorder is not None else {}),
         }

@@ -112,7 +112,11 @@ def create_app(
     app.router.add_get("/api/sessions", api.list_sessions)
     app.router.add_get("/api/sessions/{key}", api.get_session)
     app.router.add_delete("/api/sessions/{key}", api.kill_session)
+    app.router.add_get("/api/sessions/{key}/recording", api.get_recording)
     app.router.add_post("/api/sessions/clear", api.clear_sessions)
+    app.router.add_get("/api/me/sessions", api.my_sessions)
+    app.router.add_patch("/api/me/sessions/{key}", api.rename_my_session)
+    app.router.add_delete("/api/me/sessions/{key}", api.end_my_session)
     app.router.add_post("/api/drain", api.drain)
     app.router.add_post("/api/restart", survive.restart)
     app.router.add_get("/stats/sessions", api.stats_sessions)
@@ -184,12 +188,14 @@ async def serve(
     *,
     ready: Callable[[str], None] | None = None,
     show_link: Callable[[str], None] | None = None,
+    stopping: Callable[[int, float], None] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT: clients get 1001, every shell is ended and reaped.
 
     ``ready`` gets the URL once listening; with ``--auth local``, ``show_link`` then gets the
-    page's address carrying the token. Raises ConfigError before listening when a tokens file,
-    key or certificate is unusable.
+    page's address carrying the token; ``stopping`` gets the number of sessions and the drain
+    grace when a signal stops a server that has sessions. Raises ConfigError before listening
+    when a tokens file, key or certificate is unusable.
     """
     # Before any secret is read: processes of our own account (shells, with
     # --allow-same-user-shells) may not read our memory or /proc/<pid>/environ.
@@ -228,26 +234,32 @@ async def serve(
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
         url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
         logs.log_event("listen", url=url, projects=settings.project_ids, auth=settings.auth)
+        limits = app[SERVER_KEY].capacity
+        level = logging.WARNING if limits.clamped else logging.INFO  # --max-sessions lowered
+        logs.log_at(level, "limits", **limits.fields())
         await app[SERVER_KEY].join_cluster(url, port)  # with --redis-url: register, renew
         if settings.auth == "none" and not is_loopback_host(settings.host):
             logs.log_event("insecure", reason="no authentication on a non-loopback address")
         if settings.allow_same_user_shells and settings.auth in ("token", "jwt"):
             logs.log_event("insecure", reason="owners' shells share one account")
-        if ready is not None:
-            ready(url)
-        _publish_local_token(app[SERVER_KEY], url, port, show_link)
+        # Before saying it listens: a signal from then on stops it gracefully.
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         # systemctl reload: tokens, keys, deny list and user map again; sessions stay.
         loop.add_signal_handler(signal.SIGHUP, app[SERVER_KEY].reload)
+        if ready is not None:
+            ready(url)
+        _publish_local_token(app[SERVER_KEY], url, port, show_link)
         await stop.wait()
         stop.clear()
         # SIGTERM drains: no new sessions, clients are told 1001, shells end after the drain
         # grace (a second signal cuts the grace short).
         server = app[SERVER_KEY]
         logs.log_event("shutdown", reason="signal", grace=server.settings.drain_grace)
+        if stopping is not None and server.manager.sessions:  # what the drain waits for
+            stopping(len(server.manager.sessions), server.settings.drain_grace)
         await server.drain()
         await _first_of(stop.wait(), server.wait_drained())
         await server.shutdown()
@@ -296,4 +308,12 @@ def run(settings: Settings) -> None:
         runner: Callable[..., object] = uvloop.run
     except ImportError:
         runner = asyncio.run
-    runner(serve(settings, ready=announce, show_link=show_link))
+
+    def say_stopping(sessions: int, grace: float) -> None:
+        sys.stderr.write(
+            f"tether: stopping: {sessions} session(s) end in {grace:g} s "
+            "(a second Ctrl-C or SIGTERM ends them now)\n"
+        )
+        sys.stderr.flush()
+
+    runner(serve(settings, ready=announce, show_link=show_link, stopping=say_stopping))

@@ -1,11 +1,12 @@
 """The aiohttp WebSocket front of ``/ws/terminal``: one :class:`TerminalConnection` per socket.
 
 It implements the core's :class:`~tether.server.front.Front` (and so the session's
-:class:`~tether.server.session.ClientSink`): a sender task streams the ring from the client's
+:class:`~tether.server.session.ClientSink`): a send task streams the ring from the client's
 position (awaiting the socket's drain, which is what slows a fast program while this client
-lags), a receive loop writes input and answers control messages, and the server's heartbeat
-calls :meth:`TerminalConnection.heartbeat_tick`, which drops a peer that leaves two pings
-unanswered (only a pong that answers one of our pings counts).
+lags) and ends once the client has been caught up for :data:`SEND_LINGER` — an idle connection
+holds no task, no event and no queue; a receive loop writes input and answers control messages;
+and the server's heartbeat calls :meth:`TerminalConnection.heartbeat_tick`, which drops a peer
+that leaves two pings unanswered (only a pong that answers one of our pings counts).
 
 Every per-connection queue is bounded: control messages waiting for a client that does not read
 (at most :data:`MAX_QUEUED_MESSAGES`, then the connection is dropped with 1008), input waiting
@@ -46,6 +47,9 @@ from tether.server.session import Client, Session
 
 ACK_EVERY = 64 * 1024
 ACK_DELAY = 0.05  # a batching delay of the socket layer: on the loop's timer, not the clock
+# A send task that caught up waits this long for more before it ends (socket-layer time, on the
+# loop's timer): a typing user keeps one task, an idle connection holds none.
+SEND_LINGER = 0.5
 _INPUT_BACKLOG = 256 * 1024
 # Control messages (pong, ack, resize, exit) queued for one client. A client answers a few per
 # heartbeat; one that keeps sending pings and never reads would grow this without end.
@@ -53,7 +57,34 @@ MAX_QUEUED_MESSAGES = 1024
 
 
 class TerminalConnection:
-    """One client socket attached to one session."""
+    """One client socket attached to one session.
+
+    Slotted, and with its queue and send task made only when needed: thousands of these sit
+    idle on a node (docs/benchmarks.md, "One node at its limits").
+    """
+
+    __slots__ = (
+        "_ack_timer",
+        "_acked_sent",
+        "_awaited_pongs",
+        "_close_sent",
+        "_closing",
+        "_dropped",
+        "_idle",
+        "_messages",
+        "_ping_task",
+        "_pings_sent",
+        "_ready",
+        "_replaying",
+        "_sending",
+        "_unanswered_pings",
+        "address",
+        "client",
+        "request",
+        "server",
+        "session",
+        "ws",
+    )
 
     def __init__(
         self, server: Server, request: web.Request, ws: web.WebSocketResponse, address: str
@@ -64,12 +95,16 @@ class TerminalConnection:
         self.address = address
         self.session: Session | None = None
         self.client: Client | None = None
-        self._wake = asyncio.Event()
-        self._messages: collections.deque[dict[str, Any]] = collections.deque()
+        self._sending: asyncio.Task[None] | None = None  # runs while there is something to send
+        self._idle: asyncio.Future[bool] | None = None  # what a caught-up send task waits on
+        self._ready = False  # the hello went out: output may follow
+        self._replaying = False
+        self._messages: collections.deque[dict[str, Any] | str] | None = None  # str: encoded
         self._closing: tuple[int, str] | None = None
+        self._close_sent = False
         self._unanswered_pings = 0
         self._pings_sent = 0
-        self._awaited_pongs: set[bytes] = set()  # payloads of our pings not yet answered
+        self._awaited_pongs: tuple[bytes, ...] = ()  # payloads of our pings not yet answered
         self._dropped: int | None = None  # the code of a connection this side cut
         self._acked_sent = 0
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -77,19 +112,26 @@ class TerminalConnection:
 
     # ---------------------------------------------------------------- Front (ClientSink)
     def wake(self) -> None:
-        self._wake.set()
+        idle, self._idle = self._idle, None
+        if idle is not None:  # a send task lingers: it goes on (even if its linger just ended)
+            if not idle.done():
+                idle.set_result(True)
+        elif self._sending is None and self._ready and not self._close_sent:
+            self._sending = asyncio.get_running_loop().create_task(self._send_pending())
 
     def send_message(self, message: dict[str, Any]) -> None:
-        if len(self._messages) >= MAX_QUEUED_MESSAGES:
+        if self._messages is None:
+            self._messages = collections.deque()
+        elif len(self._messages) >= MAX_QUEUED_MESSAGES:
             self._drop(CloseCode.POLICY_VIOLATION, "client stopped reading")
             return
         self._messages.append(message)
-        self._wake.set()
+        self.wake()
 
     def close(self, code: int, reason: str) -> None:
         if self._closing is None:
             self._closing = (code, reason)
-        self._wake.set()
+        self.wake()
 
     # ---------------------------------------------------------------- lifecycle
     async def run(self, upgrade: Upgrade | None = None, claimed: str | None = None) -> None:
@@ -97,6 +139,11 @@ class TerminalConnection:
         # the other core while the upgrade response and the hello are written.
         # perf_counter, not the server's clock: this is a latency of the socket layer.
         started = time.perf_counter()
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            # The client gave up on this attempt while it waited (a herd on a busy node) and has
+            # likely tried again: attaching it now would replace its newer connection (4009).
+            return
         upgrade = upgrade or upgrade_of(self.request)
         try:
             connection = self.server.admit(self, upgrade, claimed=claimed)
@@ -113,20 +160,33 @@ class TerminalConnection:
             raise
         require_masked_frames(self.request, self._on_unmasked_frame)
         self.server.on_admitted(self, upgrade, connection, time.perf_counter() - started)
+        del upgrade  # its headers and query are not needed while the connection lasts
         await self._serve(connection)
 
     async def _serve(self, connection: Connection) -> None:
         assert self.session is not None and self.client is not None
-        sender = asyncio.create_task(self._send_loop(connection))
         try:
+            # The hello first, then at once (the same send task, the same loop iteration) the
+            # replay and whatever came while the upgrade was answered.
+            if self._messages is None:
+                self._messages = collections.deque()
+            self._messages.appendleft(json.dumps(connection.attach.hello))
+            connection.attach.hello.clear()  # logged already: an idle connection need not keep it
+            client = self.client
+            self._replaying = client.position < client.replay_end or client.nudge_after_replay
+            self._ready = True
+            self.wake()
             await self._receive_loop()
         finally:
             if self._ack_timer is not None:
                 self._ack_timer.cancel()
             self.session.detach(self.client)
             self.close(CloseCode.NORMAL, "")
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
-                await asyncio.wait_for(sender, timeout=5)  # a socket-layer bound, not domain time
+            if self._sending is not None and self._dropped is not None:
+                self._sending.cancel()  # the transport is gone: nothing more can be sent
+            elif self._sending is not None:
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
+                    await asyncio.wait_for(self._sending, timeout=5)  # a socket-layer bound
             peer_code = self._dropped or self.ws.close_code
             self.server.on_detached(self, connection, peer_code)
             # The client refers back to this front: break the cycle, so that the session
@@ -134,37 +194,65 @@ class TerminalConnection:
             self.session = self.client = None
 
     # ---------------------------------------------------------------- sending
-    async def _send_loop(self, connection: Connection) -> None:
-        session, client, ws = connection.session, connection.attach.client, self.ws
+    async def _send_pending(self) -> None:
+        """Send what is due — control messages, output from the client's position, the final
+        message and the close — and end once caught up and quiet for :data:`SEND_LINGER`
+        (:meth:`wake` starts it again)."""
+        loop = asyncio.get_running_loop()
         try:
-            await ws.send_str(json.dumps(connection.attach.hello))
-            replaying = client.position < client.replay_end or client.nudge_after_replay
-            while self._closing is None:
-                while self._messages:
-                    await ws.send_str(json.dumps(self._messages.popleft()))
-                chunk = session.read_for(client)
-                if chunk:
-                    await ws.send_bytes(chunk)
-                    client.position += len(chunk)
-                    self.server.metrics.output_bytes.inc(len(chunk))
-                    session.client_progressed()
+            while not self._close_sent:
+                if await self._send_next():
                     continue
-                if replaying:
-                    replaying = False
-                    session.replay_done(client)
-                if client.final is not None:
-                    message, code, reason = client.final
-                    if message is not None:
-                        await ws.send_str(json.dumps(message))
-                    self.close(code, reason)
+                if self._close_sent:
                     break
-                self._wake.clear()
-                await self._wake.wait()
-            code, reason = self._closing or (CloseCode.NORMAL, "")
-            if self._dropped is None:  # else the transport is gone: no close handshake
-                await ws.close(code=code, message=clip_reason(reason).encode())
+                idle = self._idle = loop.create_future()
+                timer = loop.call_later(SEND_LINGER, _retire, idle)
+                woken = await idle
+                timer.cancel()
+                if not woken and self._idle is idle:  # quiet all along: no wake since
+                    break
         except (ConnectionError, RuntimeError):
-            pass  # the peer went away; the receive loop ends too
+            self._close_sent = True  # the peer went away; the receive loop ends too
+        finally:
+            self._sending = self._idle = None
+
+    async def _send_next(self) -> bool:
+        """Send the next thing due; False once there is nothing (no ``await`` after the last
+        check, so a :meth:`wake` that comes later is never missed)."""
+        session, client, ws = self.session, self.client, self.ws
+        if self._closing is not None:
+            await self._send_close(*self._closing)
+            return False
+        if self._messages:
+            message = self._messages.popleft()
+            await ws.send_str(message if isinstance(message, str) else json.dumps(message))
+            return True
+        if session is None or client is None:
+            return False
+        chunk = session.read_for(client)
+        if chunk:
+            await ws.send_bytes(chunk)
+            client.position += len(chunk)
+            self.server.metrics.output_bytes.inc(len(chunk))
+            session.client_progressed()
+            return True
+        if self._replaying:
+            self._replaying = False
+            session.replay_done(client)
+        if client.final is not None:
+            final, code, reason = client.final
+            if final is not None:
+                await ws.send_str(json.dumps(final))
+            self._closing = self._closing or (code, reason)
+            return True
+        return False
+
+    async def _send_close(self, code: int, reason: str) -> None:
+        if self._close_sent:
+            return
+        self._close_sent = True
+        if self._dropped is None:  # else the transport is gone: no close handshake
+            await self.ws.close(code=code, message=clip_reason(reason).encode())
 
     def _on_unmasked_frame(self) -> None:
         """RFC 6455, 5.1: a client frame without a mask closes the connection with 1002."""
@@ -200,7 +288,7 @@ class TerminalConnection:
             elif message.type is WSMsgType.PING:
                 await self.ws.pong(message.data)
             elif message.type is WSMsgType.PONG and bytes(message.data) in self._awaited_pongs:
-                self._awaited_pongs.clear()  # an unsolicited pong proves nothing
+                self._awaited_pongs = ()  # an unsolicited pong proves nothing
                 self._unanswered_pings = 0
             if self._closing is not None:
                 break
@@ -242,12 +330,14 @@ class TerminalConnection:
         self._unanswered_pings += 1
         self._pings_sent += 1
         payload = str(self._pings_sent).encode()
-        self._awaited_pongs.add(payload)
+        self._awaited_pongs += (payload,)
         self._ping_task = asyncio.ensure_future(self._ping(payload))
 
     async def _ping(self, payload: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.ping(payload)
+        if self._ping_task is asyncio.current_task():
+            self._ping_task = None  # held only while it runs
 
     def _drop(self, code: int, reason: str) -> None:
         """Cut the connection now (a close frame would wait behind what the peer does not
@@ -260,6 +350,11 @@ class TerminalConnection:
         transport = self.request.transport
         if transport is not None:
             transport.abort()
+
+
+def _retire(idle: asyncio.Future[bool]) -> None:
+    if not idle.done():
+        idle.set_result(False)
 
 
 async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
@@ -275,9 +370,10 @@ async def handle_terminal(request: web.Request) -> web.WebSocketResponse:
     )
     if not ws.can_prepare(request).ok:
         await ws.prepare(request)  # not a WebSocket upgrade: aiohttp answers with an HTTP error
-    address, upgrade = client_address(request), upgrade_of(request)
-    placed = LOCAL
+    address = client_address(request)
+    placed, upgrade = LOCAL, None  # without a cluster, run() reads the upgrade itself
     if server.cluster is not None:  # another node may own the key (docs/scaling.md)
+        upgrade = upgrade_of(request)
         relayed = server.is_relay(request.headers, request.remote or "")
         placed = await server.place(address, upgrade, relayed=relayed)
         if placed.route is Route.FORWARD:
