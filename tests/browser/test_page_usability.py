@@ -79,8 +79,14 @@ def assert_sizes_match(page: Page) -> None:
         page.wait_for_function(
             "i => window.tether.terminals[i].state === 'connected'", arg=index, timeout=15_000
         )
-        shown = shown_size(page, index)
-        assert pty_size(page, index) == shown, f"terminal {index}: shows {shown}"
+        # The page refits on its ResizeObserver, after the next layout: poll until what it
+        # shows is stable across a `stty size`, then that must be the shell's size.
+        for _ in range(5):
+            shown = shown_size(page, index)
+            pty = pty_size(page, index)
+            if shown_size(page, index) == shown:
+                break
+        assert pty == shown, f"terminal {index}: shows {shown}"
 
 
 def test_every_pane_has_the_size_it_shows_after_any_layout_change(browser: Browser) -> None:

@@ -36,6 +36,7 @@ from tether.protocol.messages import (
     Resize,
     parse_client_message,
 )
+from tether.server.acks import InputAcks
 from tether.server.aiohttp_front import forward
 from tether.server.aiohttp_front.context import client_address, server_of, upgrade_of
 from tether.server.aiohttp_front.masking import require_masked_frames
@@ -45,8 +46,6 @@ from tether.server.front import Upgrade
 from tether.server.manager import Connection
 from tether.server.session import Client, Session
 
-ACK_EVERY = 64 * 1024
-ACK_DELAY = 0.05  # a batching delay of the socket layer: on the loop's timer, not the clock
 # A send task that caught up waits this long for more before it ends (socket-layer time, on the
 # loop's timer): a typing user keeps one task, an idle connection holds none.
 SEND_LINGER = 0.5
@@ -56,7 +55,7 @@ _INPUT_BACKLOG = 256 * 1024
 MAX_QUEUED_MESSAGES = 1024
 
 
-class TerminalConnection:
+class TerminalConnection(InputAcks):
     """One client socket attached to one session.
 
     Slotted, and with its queue and send task made only when needed: thousands of these sit
@@ -64,8 +63,6 @@ class TerminalConnection:
     """
 
     __slots__ = (
-        "_ack_timer",
-        "_acked_sent",
         "_awaited_pongs",
         "_close_sent",
         "_closing",
@@ -106,8 +103,7 @@ class TerminalConnection:
         self._pings_sent = 0
         self._awaited_pongs: tuple[bytes, ...] = ()  # payloads of our pings not yet answered
         self._dropped: int | None = None  # the code of a connection this side cut
-        self._acked_sent = 0
-        self._ack_timer: asyncio.TimerHandle | None = None
+        self._init_acks()
         self._ping_task: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- Front (ClientSink)
@@ -178,8 +174,7 @@ class TerminalConnection:
             self.wake()
             await self._receive_loop()
         finally:
-            if self._ack_timer is not None:
-                self._ack_timer.cancel()
+            self._cancel_ack()
             self.session.detach(self.client)
             self.close(CloseCode.NORMAL, "")
             if self._sending is not None and self._dropped is not None:
@@ -258,21 +253,10 @@ class TerminalConnection:
         """RFC 6455, 5.1: a client frame without a mask closes the connection with 1002."""
         self.close(CloseCode.PROTOCOL_ERROR, "unmasked frame")
 
-    def _schedule_ack(self) -> None:
-        assert self.session is not None and self.client is not None
-        count = self.session.input_count(self.client.input_key)
-        if count - self._acked_sent >= ACK_EVERY:
-            self._send_ack()
-        elif self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send_ack)
-
-    def _send_ack(self) -> None:
-        self._ack_timer = None
-        assert self.session is not None and self.client is not None
-        count = self.session.input_count(self.client.input_key)
-        if count != self._acked_sent and self.client.active:
-            self._acked_sent = count
-            self.send_message({"type": "ack", "input": count})
+    def _acked_party(self) -> tuple[Session, Client] | None:
+        if self.session is None or self.client is None:
+            return None
+        return self.session, self.client
 
     # ---------------------------------------------------------------- receiving
     async def _receive_loop(self) -> None:

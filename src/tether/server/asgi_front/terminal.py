@@ -24,16 +24,16 @@ from tether.errors import Refusal
 from tether.protocol.codes import CloseCode, clip_reason
 from tether.protocol.messages import SUBPROTOCOL, Input, MessageError, Ping, Resize
 from tether.protocol.messages import parse_client_message as parse
+from tether.server.acks import InputAcks
 from tether.server.core import HostIdentity, Server
 from tether.server.front import Upgrade
 from tether.server.manager import Connection
+from tether.server.session import Client, Session
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-ACK_EVERY = 64 * 1024
-ACK_DELAY = 0.05  # a batching delay of the socket layer: on the loop's timer, not the clock
 MAX_QUEUED_MESSAGES = 1024  # control messages queued for a client that does not read: then 1008
 # A client that sends application pings (the page) is dropped after this many heartbeats with
 # nothing from it; several, because a browser throttles a hidden tab's timers to once a minute.
@@ -48,7 +48,7 @@ def accept_message(upgrade: Upgrade) -> Message:
     return accept
 
 
-class AsgiTerminal:
+class AsgiTerminal(InputAcks):
     """One client socket attached to one session, under an ASGI server."""
 
     def __init__(self, server: Server, send: Send, address: str) -> None:
@@ -63,8 +63,7 @@ class AsgiTerminal:
         self._peer_code: int | None = None
         self._pinging = False  # the client sends application pings: silence means it is gone
         self._silent_ticks = 0
-        self._acked_sent = 0
-        self._ack_timer: asyncio.TimerHandle | None = None
+        self._init_acks()
         self._receiving = False
         self._sender: asyncio.Task[None] | None = None
 
@@ -125,8 +124,7 @@ class AsgiTerminal:
                 receiver.cancel()  # waiting for a frame: nothing half-written to lose
             await asyncio.wait({receiver})
         finally:
-            if self._ack_timer is not None:
-                self._ack_timer.cancel()
+            self._cancel_ack()
             session.detach(client)
             self.close(CloseCode.NORMAL, "")
             with contextlib.suppress(asyncio.CancelledError, OSError, TimeoutError):
@@ -173,23 +171,11 @@ class AsgiTerminal:
     async def _send_close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": clip_reason(reason)})
 
-    def _schedule_ack(self, connection: Connection) -> None:
-        count = connection.session.input_count(connection.attach.client.input_key)
-        if count - self._acked_sent >= ACK_EVERY:
-            self._send_ack()
-        elif self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send_ack)
-
-    def _send_ack(self) -> None:
-        self._ack_timer = None
+    def _acked_party(self) -> tuple[Session, Client] | None:
         connection = self._connection
         if connection is None:
-            return
-        client = connection.attach.client
-        count = connection.session.input_count(client.input_key)
-        if count != self._acked_sent and client.active:
-            self._acked_sent = count
-            self.send_message({"type": "ack", "input": count})
+            return None
+        return connection.session, connection.attach.client
 
     # ---------------------------------------------------------------- receiving
     async def _receive_loop(self, connection: Connection, receive: Receive) -> None:
@@ -218,7 +204,7 @@ class AsgiTerminal:
     async def _write_input(self, connection: Connection, data: bytes) -> None:
         await connection.session.write_input(connection.attach.client.input_key, data)
         self.server.metrics.input_bytes.inc(len(data))
-        self._schedule_ack(connection)
+        self._schedule_ack()
 
     async def _handle_text(self, connection: Connection, text: str) -> None:
         session, client = connection.session, connection.attach.client
