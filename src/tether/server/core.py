@@ -296,7 +296,7 @@ class Server:
 
     def on_refused(self, refusal: Refusal, address: str) -> None:
         self.metrics.connection_attempts.inc()
-        self.metrics.refusals.labels(close_code_label(refusal.code)).inc()
+        self.metrics.refused_by_code(close_code_label(refusal.code)).inc()
         level = logging.DEBUG if refusal.code == CloseCode.STORM else logging.INFO
         logs.log_at(level, "refuse", addr=address, code=refusal.code, reason=refusal.reason)
 
@@ -308,7 +308,7 @@ class Server:
         self.metrics.connection_attempts.inc()
         hello, info = connection.attach.hello, connection.session.info
         kind = "create" if connection.created else "attach"
-        self.metrics.connections_opened.labels(kind).inc()
+        self.metrics.opened_by_kind(kind).inc()
         now = self.clock.monotonic()
         activity = self.metrics.activity
         activity.connection_started(id(connection.attach.client), now)
@@ -319,7 +319,7 @@ class Server:
             self.metrics.reattach_latency.observe(elapsed)
             activity.record_reattach(info.key, now)
             if "offset" in upgrade.query:
-                self.metrics.resumes.labels("true" if hello["gap"] else "false").inc()
+                self.metrics.resumes_by_gap("true" if hello["gap"] else "false").inc()
         for scope, name in (("key", info.key), ("address", front.address)):
             if activity.breaker_closed(scope, name):
                 self._log_breaker(scope, name, "closed")
@@ -344,7 +344,7 @@ class Server:
         """The connection is closed and its client detached (``peer_code``: the close code the
         peer sent, None when it vanished)."""
         code = self._close_code(connection, peer_code)
-        self.metrics.connections_closed.labels(close_code_label(code)).inc()
+        self.metrics.closed_by_code(close_code_label(code)).inc()
         lasted = self.metrics.activity.connection_ended(
             id(connection.attach.client), self.clock.monotonic()
         )

@@ -17,6 +17,7 @@ Pure functions over strings: no sockets, no web framework.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -29,6 +30,9 @@ _HOST_PATTERN_RE = re.compile(r"\.?" + _LABELS)  # ".example.com": every subdoma
 _ORIGIN_RE = re.compile(r"https?://[^/?#\s]+")
 
 
+# Parsing an address costs microseconds and runs several times per connection, mostly on the
+# same few peers: remembered (bounded; the results are immutable).
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text)
@@ -36,6 +40,7 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (``127.0.0.0/8``, ``::1``, mapped forms)."""
     host = host.strip("[]").lower().rstrip(".")

@@ -21,19 +21,37 @@ LIFECYCLE_LOGGER = "tether.lifecycle"
 _SECRET_FIELDS = frozenset({"token", "authorization", "cookie", "password", "secret"})
 
 
+# One encoder for every line (``json.dumps`` with options builds a new one per call).
+_ENCODE_JSON = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
 class JsonLineFormatter(logging.Formatter):
-    """Formats a record carrying ``fields`` as one JSON object."""
+    """Formats a record carrying ``fields`` as one JSON object.
+
+    Made for a line per connection: the timestamp's date and time are formatted once a second.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""  # "%Y-%m-%dT%H:%M:%S" of self._second, UTC
 
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, "fields", {})
+        second = int(record.created)
+        if second != self._second:
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         line = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }
-        line.update({k: v for k, v in fields.items() if k not in _SECRET_FIELDS})
-        return json.dumps(line, default=str, separators=(",", ":"))
+        if _SECRET_FIELDS.isdisjoint(fields):
+            line.update(fields)
+        else:
+            line.update({k: v for k, v in fields.items() if k not in _SECRET_FIELDS})
+        return _ENCODE_JSON(line)
 
 
 _PLAIN_VALUE = re.compile(r"[!#-<>-~]*")  # printable ASCII but space, '"' and '='

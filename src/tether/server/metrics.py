@@ -119,6 +119,21 @@ class ActivityTracker:
             del self._open_breakers[item]
 
 
+class LabelCache:
+    """The children of a counter with one label, each looked up once: ``labels()`` costs more
+    than the increment, on every connection. Label values come from small fixed sets."""
+
+    def __init__(self, metric: Counter) -> None:
+        self._metric = metric
+        self._children: dict[str, Counter] = {}
+
+    def __call__(self, value: str) -> Counter:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self._metric.labels(value)
+        return child
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
@@ -297,6 +312,12 @@ class Metrics:
             self.connections_closed.labels(str(int(code)))
             if code >= CloseCode.GOING_AWAY and code not in _NEVER_REFUSED:
                 self.refusals.labels(str(int(code)))
+
+        # The labelled counters bumped per connection, their children cached.
+        self.opened_by_kind = LabelCache(self.connections_opened)
+        self.closed_by_code = LabelCache(self.connections_closed)
+        self.refused_by_code = LabelCache(self.refusals)
+        self.resumes_by_gap = LabelCache(self.resumes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

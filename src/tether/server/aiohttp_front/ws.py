@@ -21,6 +21,7 @@ import collections
 import contextlib
 import dataclasses
 import json
+import socket
 import time
 from typing import Any
 
@@ -66,6 +67,7 @@ class TerminalConnection(InputAcks):
         "_awaited_pongs",
         "_close_sent",
         "_closing",
+        "_corked",
         "_dropped",
         "_idle",
         "_messages",
@@ -103,6 +105,7 @@ class TerminalConnection(InputAcks):
         self._pings_sent = 0
         self._awaited_pongs: tuple[bytes, ...] = ()  # payloads of our pings not yet answered
         self._dropped: int | None = None  # the code of a connection this side cut
+        self._corked = False  # the upgrade response, hello and replay wait to go out as one
         self._init_acks()
         self._ping_task: asyncio.Future[None] | None = None
 
@@ -148,9 +151,13 @@ class TerminalConnection(InputAcks):
             await self.ws.close(code=refusal.code, message=refusal.reason.encode())
             return
         self.session, self.client = connection.session, connection.attach.client
+        # Corked, the upgrade response, the hello and the replay leave in one segment: the
+        # client wakes once, not three times (docs/benchmarks.md); uncorked once caught up.
+        self._corked = _set_cork(transport, True)
         try:
             await self.ws.prepare(self.request)
         except BaseException:
+            self._uncork()
             self.session.detach(self.client)
             self.session = self.client = None
             raise
@@ -174,6 +181,7 @@ class TerminalConnection(InputAcks):
             self.wake()
             await self._receive_loop()
         finally:
+            self._uncork()
             self._cancel_ack()
             self.session.detach(self.client)
             self.close(CloseCode.NORMAL, "")
@@ -198,6 +206,7 @@ class TerminalConnection(InputAcks):
             while not self._close_sent:
                 if await self._send_next():
                     continue
+                self._uncork()  # caught up: what is queued goes out now
                 if self._close_sent:
                     break
                 idle = self._idle = loop.create_future()
@@ -209,6 +218,7 @@ class TerminalConnection(InputAcks):
         except (ConnectionError, RuntimeError):
             self._close_sent = True  # the peer went away; the receive loop ends too
         finally:
+            self._uncork()
             self._sending = self._idle = None
 
     async def _send_next(self) -> bool:
@@ -248,6 +258,11 @@ class TerminalConnection(InputAcks):
         self._close_sent = True
         if self._dropped is None:  # else the transport is gone: no close handshake
             await self.ws.close(code=code, message=clip_reason(reason).encode())
+
+    def _uncork(self) -> None:
+        if self._corked:
+            self._corked = False
+            _set_cork(self.request.transport, False)
 
     def _on_unmasked_frame(self) -> None:
         """RFC 6455, 5.1: a client frame without a mask closes the connection with 1002."""
@@ -334,6 +349,17 @@ class TerminalConnection(InputAcks):
         transport = self.request.transport
         if transport is not None:
             transport.abort()
+
+
+def _set_cork(transport: asyncio.BaseTransport | None, on: bool) -> bool:
+    """Hold (or release) partial TCP segments; False where that is not possible (no TCP)."""
+    if transport is None:
+        return False
+    try:
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, int(on))
+    except (AttributeError, OSError, ValueError):  # a Unix socket, or already closed
+        return False
+    return True
 
 
 def _retire(idle: asyncio.Future[bool]) -> None:
