@@ -14,7 +14,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +31,8 @@ class UvicornApp:
     port: int
     workdir: Path
     output: list[str] = field(default_factory=list)
+    # Set by the output pump at "Application startup complete", or when the output ends.
+    started_or_ended: threading.Event = field(default_factory=threading.Event)
 
     @property
     def base_url(self) -> str:
@@ -107,14 +108,16 @@ def example_app(**tether: str) -> Iterator[UvicornApp]:
 def _pump(app: UvicornApp) -> None:
     assert app.process.stdout is not None
     for raw in iter(app.process.stdout.readline, b""):
-        app.output.append(raw.decode(errors="replace"))
+        line = raw.decode(errors="replace")
+        app.output.append(line)
+        if "Application startup complete" in line:
+            app.started_or_ended.set()
+    app.started_or_ended.set()
 
 
 def _wait_ready(app: UvicornApp) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if any("Application startup complete" in line for line in app.output):
-            return
-        assert app.process.poll() is None, "uvicorn exited:\n" + "".join(app.output)
-        time.sleep(0.05)  # polls another process's output: there is no event to wait on
-    raise AssertionError("uvicorn did not start:\n" + "".join(app.output))
+    assert app.started_or_ended.wait(READY_TIMEOUT), "uvicorn did not start:\n" + "".join(
+        app.output
+    )
+    started = any("Application startup complete" in line for line in app.output)
+    assert started, "uvicorn exited:\n" + "".join(app.output)

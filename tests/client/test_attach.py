@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import termios
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.helpers import ThreadedProxy
-from tests.support.server import ServerProcess, server_stats, start_server
+from tests.support.server import ServerProcess, poll_until, server_stats, start_server
 from tether.client import Connected, Disconnected, Exited, Gap, connect
 from tether.client.attach import DetachKeyFilter, describe, raw_mode, strip_terminal_replies
 from tether.protocol.policy import PolicyEvent, State
@@ -128,14 +127,12 @@ class Tmux:
         return self._run("capture-pane", "-p", "-J", "-S", "-200")
 
     def wait_for(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            match = re.search(pattern, self.screen())
-            if match:
-                return match
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{pattern!r} never showed:\n{self.screen()}")
-            time.sleep(0.05)
+        match: re.Match[str] = poll_until(
+            lambda: re.search(pattern, self.screen()),
+            timeout,
+            lambda: f"{pattern!r} never showed:\n{self.screen()}",
+        )
+        return match
 
     def visible(self) -> list[str]:
         """The rows on screen now (the alternate screen while a program is in it)."""
@@ -144,11 +141,11 @@ class Tmux:
     def wait_until(
         self, check: Callable[[list[str]], bool], what: str, timeout: float = 15.0
     ) -> None:
-        deadline = time.monotonic() + timeout
-        while not check(self.visible()):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what} never held:\n" + "\n".join(self.visible()))
-            time.sleep(0.05)
+        poll_until(
+            lambda: check(self.visible()),
+            timeout,
+            lambda: f"{what} never held:\n" + "\n".join(self.visible()),
+        )
 
     def flags(self, *names: str) -> dict[str, str]:
         """The pane's terminal modes as tmux sees them (``alternate_on``, ``mouse_any_flag``…)."""
@@ -185,10 +182,7 @@ def tmux() -> Iterator[Tmux]:
 
 def read_when_written(path: Path, timeout: float = 10.0) -> str:
     """The content of a file a shell writes (written to a temporary name, then moved)."""
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} was never written"
-        time.sleep(0.02)
+    poll_until(path.exists, timeout, f"{path.name} was never written")
     return path.read_text()
 
 
@@ -365,10 +359,8 @@ def test_top_is_redrawn_after_a_gap(
     proxy.cut()
     tmux.wait_until(has_status_bar, "the status bar")
     at_cut, _ = stream()
-    deadline = time.monotonic() + 15
-    while stream()[1] <= at_cut:  # until output attach never received is dropped: a gap
-        assert time.monotonic() < deadline, "no output was dropped"
-        time.sleep(0.05)
+    # Until output attach never received is dropped: a gap.
+    poll_until(lambda: stream()[1] > at_cut, 15, "no output was dropped")
     proxy.restore()
     tmux.wait_until(
         lambda rows: rows[0].startswith("top - ") and rows[1].startswith("Tasks:")

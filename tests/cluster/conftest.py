@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import psutil
 import pytest
 
 from tests.support.redis import RedisServer, redis_server
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, poll_until
 from tether.server import pty
 
 LEASE = 2.0
@@ -95,9 +94,9 @@ def cluster() -> Iterator[Cluster]:
 
 def reap(pids: list[int], timeout: float = 10.0) -> None:
     """Wait for orphaned shells (ours as subreaper) to exit, and reap them."""
-    deadline = time.monotonic() + timeout
     left = set(pids)
-    while left and time.monotonic() < deadline:
+
+    def all_reaped() -> bool:
         for pid in list(left):
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
@@ -105,5 +104,6 @@ def reap(pids: list[int], timeout: float = 10.0) -> None:
                 done = pid if not psutil.pid_exists(pid) else 0
             if done:
                 left.discard(pid)
-        time.sleep(0.02)
-    assert not left, f"shells left running: {sorted(left)}"
+        return not left
+
+    poll_until(all_reaped, timeout, lambda: f"shells left running: {sorted(left)}")

@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 
 from tests.cluster.conftest import running_cluster
-from tests.support.chaos import ResumingClient, print_and_type_through_cuts
+from tests.support.chaos import chaos_client, print_and_type_through_cuts
 from tether.tools.proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(90)
@@ -17,14 +17,14 @@ LINES = 1000
 
 async def test_random_cuts_through_a_forwarding_node_lose_and_double_nothing() -> None:
     with running_cluster(2, "--storm-threshold", "100000") as cluster:
-        owner = ResumingClient(cluster.ws_url(0))
+        owner = chaos_client(cluster.ws_url(0))
         async with aiohttp.ClientSession() as http:
             await owner.connect(http)  # the session is node0's
             assert owner.ws is not None
             await owner.ws.close()
             proxy = TcpProxy("127.0.0.1", cluster.nodes[1].port)
             await proxy.start()
-            client = ResumingClient(proxy.url())
+            client = chaos_client(proxy.url())
             client.session, client.connects = owner.session, 0
             await client.connect(http)
             run = await print_and_type_through_cuts(

@@ -16,7 +16,7 @@ import pytest
 
 from tests.cluster.conftest import CLUSTER_ENV, LEASE, running_cluster
 from tests.cluster.test_cluster import connect, read_until
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, wait_generation
 from tether.server.supervisor import RESTART_DELAY_ENV
 
 pytestmark = pytest.mark.timeout(90)
@@ -63,16 +63,7 @@ async def test_a_crashed_worker_keeps_its_node_up_through_the_supervisor() -> No
                 await asyncio.sleep(0.1)
             assert time.monotonic() - killed < DOWN  # the window was inside the downtime
 
-            deadline = killed + DOWN + 20
-            while True:  # the worker back (generation 2), bounded
-                try:
-                    facts = await _json(http, f"{cluster.base_url(1)}/stats/sessions")
-                    if facts["server"]["generation"] >= 2:
-                        break
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                assert time.monotonic() < deadline, "the worker did not come back"
-                await asyncio.sleep(0.1)
+            facts = await wait_generation(cluster.base_url(1), 2, DOWN + 20)  # the worker back
             assert facts["server"]["pid"] not in (worker, supervised.pid)
 
             ws, again = await connect(  # through node0: forwarded, not 4004

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tests.support.chaos import ResumingClient, print_and_type_through_cuts
+from tests.support.chaos import chaos_client, print_and_type_through_cuts
 from tests.support.server import inprocess_server
 from tether.tools.proxy import TcpProxy
 
@@ -19,7 +19,7 @@ async def test_random_cuts_lose_and_double_nothing() -> None:
     async with inprocess_server(storm_threshold=100000) as srv:
         proxy = TcpProxy("127.0.0.1", srv.port)
         await proxy.start()
-        client = ResumingClient(proxy.url())
+        client = chaos_client(proxy.url())
         async with aiohttp.ClientSession() as http:
             await client.connect(http)
             run = await print_and_type_through_cuts(

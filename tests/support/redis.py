@@ -16,12 +16,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.support.server import poll_until
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
@@ -123,13 +124,11 @@ class RedisServer:
         ]  # fmt: skip
 
     def _wait_until_answering(self) -> bool:
-        assert self.process is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline and self.process.poll() is None:
-            if self._answers_ping():
-                return True
-            time.sleep(0.01)
-        return False
+        process = self.process
+        assert process is not None
+        with contextlib.suppress(AssertionError):  # not within the time: False, as when it died
+            poll_until(lambda: process.poll() is not None or self._answers_ping(), START_TIMEOUT)
+        return process.poll() is None and self._answers_ping()
 
     def _answers_ping(self) -> bool:
         try:

@@ -1,5 +1,6 @@
-"""A resuming client written from the protocol (offset + exactly-once input), for the tests of
-surviving the server process: it records every hello, and resumes at once after any close."""
+"""A resuming client written from the protocol (offset + exactly-once input), not tether's own
+client, for the tests of surviving the server process and of chaos cuts: it records every
+hello, and resumes at once after any close."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ class ResumingClient:
     hellos: list[dict[str, Any]] = field(default_factory=list)
     close_codes: list[int] = field(default_factory=list)
     ws: aiohttp.ClientWebSocketResponse | None = None
+    gapless: bool = False  # every resume must find its offset still buffered (gap 0)
+    connects: int = 0
 
     async def connect(self, http: aiohttp.ClientSession) -> None:
         query = f"project=default&client={self.client_id}"
@@ -37,12 +40,15 @@ class ResumingClient:
             raise ConnectionError(f"refused: {first.data} {first.extra}")
         hello = json.loads(first.data)
         self.hellos.append(hello)
+        if self.gapless:
+            assert hello["gap"] == 0 and hello["replay_from"] == len(self.output), hello
         if hello["replay_from"] > len(self.output):  # a gap: output we will never see
             self.output += b"\x00" * (hello["replay_from"] - len(self.output))
         del self.output[hello["replay_from"] :]
         self.session = hello["session"]
         self._acknowledge(hello["input_acked"])
         self.ws = ws
+        self.connects += 1
         if self.unacked:
             await ws.send_bytes(bytes(self.unacked))
 

@@ -294,6 +294,23 @@ async def eventually(
         await asyncio.sleep(0.02)
 
 
+def poll_until(
+    check: Callable[[], Any],
+    timeout: float = 5.0,
+    what: str | Callable[[], str] = "condition never held",
+) -> Any:
+    """:func:`eventually` for synchronous tests (tmux screens, files, another process's
+    state): ask ``check()`` until its answer is truthy, and return that answer; fail with
+    ``what`` (a string, or a callable for a message built at the end) after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if answer:
+            return answer
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        time.sleep(0.02)
+
+
 def server_stats(base_url: str) -> dict[str, Any]:
     """``GET /stats/sessions`` (blocking: call it through ``asyncio.to_thread``)."""
     with urllib.request.urlopen(base_url + "/stats/sessions", timeout=10) as response:
@@ -307,7 +324,7 @@ async def wait_generation(base_url: str, generation: int, timeout: float = 30.0)
     async def serving() -> dict[str, Any] | None:
         try:
             facts = await asyncio.to_thread(server_stats, base_url)
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
         return facts if facts["server"]["generation"] >= generation else None
 

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.support.redis import RedisServer, redis_server
+from tests.support.server import eventually
 from tether.errors import RegistryUnavailable
 from tether.server.cluster.lease import LeaseSettings, NodeLease, NodeState
 from tether.server.cluster.registry import (
@@ -63,13 +64,14 @@ async def registered(registry: RedisRegistry) -> NodeLease:
 async def until_lost(registry: RedisRegistry, key: str) -> float:
     """Poll (bounded) until ``key``'s holder reads lost; returns the seconds it took."""
     start = time.monotonic()
-    while time.monotonic() - start < POLL_LIMIT:
+
+    async def lost() -> bool:
         holder = await registry.lookup(key)
         assert holder is not None
-        if holder.state is NodeState.LOST:
-            return time.monotonic() - start
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{key} still up after {POLL_LIMIT} s")
+        return holder.state is NodeState.LOST
+
+    await eventually(lost, POLL_LIMIT, f"{key} still up after {POLL_LIMIT} s")
+    return time.monotonic() - start
 
 
 KEY = "session_1754900000000_000000000000000a:web"
