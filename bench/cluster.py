@@ -120,6 +120,11 @@ async def _echoes(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[float
 
 async def _throughput(http: aiohttp.ClientSession, url: str, megabytes: int) -> float:
     ws, _ = await _open(http, url, "")
+    return await _stream_rate(ws, megabytes)
+
+
+async def _stream_rate(ws: aiohttp.ClientWebSocketResponse, megabytes: int) -> float:
+    """MB/s of ``megabytes`` of output the shell on ``ws`` prints, then exits."""
     total = megabytes * 1024 * 1024
     started = time.perf_counter()
     await ws.send_bytes(f"stty -echo; head -c {total} /dev/zero | tr '\\0' a; exit\r".encode())
@@ -190,14 +195,7 @@ async def _throughput_via(
     maker, hello = await _open(http, owner_url, "")
     await maker.close()
     ws, _ = await _open(http, via_url, f"session={hello['session']}&create=0")
-    total = megabytes * 1024 * 1024
-    started = time.perf_counter()
-    await ws.send_bytes(f"stty -echo; head -c {total} /dev/zero | tr '\\0' a; exit\r".encode())
-    received = 0
-    async for message in ws:
-        if message.type is aiohttp.WSMsgType.BINARY:
-            received += len(message.data)
-    return received / (time.perf_counter() - started) / 1e6
+    return await _stream_rate(ws, megabytes)
 
 
 async def _new_sessions_per_second(url: str, seconds: float = 5.0, workers: int = 16) -> float:

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from tests.asgi.uvicorn import UvicornApp, example_app
+from tests.support.auth import bearer
 from tests.support.server import InProcessServer, eventually, inprocess_server
 from tether.client import connect
 from tether.tools.check_probe import Probe
@@ -91,10 +92,6 @@ def assert_same_shape(ours: Any, theirs: Any, where: str) -> None:
             for v in (ours, theirs)
         ]
         assert kinds[0] == kinds[1], where
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_the_same_json_as_tether_serve_for_the_same_state(

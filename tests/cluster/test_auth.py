@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster.conftest import Cluster, running_cluster
 from tests.cluster.test_cluster import connect, refused
+from tests.support.auth import bearer
 from tether.protocol.messages import SUBPROTOCOL
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,10 +46,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     args += ("--cluster-secret-env", "TETHER_TEST_SECRET")
     with running_cluster(2, *args, env={"TETHER_TEST_SECRET": SECRET}) as cluster:
         yield cluster
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def test_owners_and_credentials_across_nodes(secured: Cluster) -> None:

@@ -22,6 +22,7 @@ import aiohttp
 import psutil
 import pytest
 
+from tests.support.auth import ALICE, OPS, bearer, two_projects
 from tests.support.server import (
     InProcessServer,
     eventually,
@@ -34,8 +35,7 @@ from tether.server.clock import FakeClock
 
 pytestmark = pytest.mark.timeout(60)
 
-ALICE = "alice-secret-token-0001"
-OPS = "ops-secret-token-000003"
+# alice and the operator only (one project: --project web alone must accept it).
 TOKENS = f"""
 [[tokens]]
 owner = "alice"
@@ -48,17 +48,6 @@ token = "{OPS}"
 projects = "*"
 operator = true
 """
-JWT_SECRET = "jwt-signing-secret-for-tests-0123456789"
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _projects(root: Path) -> list[str]:
-    for name in ("web", "api"):
-        (root / name).mkdir(exist_ok=True)
-    return [f"web={root / 'web'}", f"api={root / 'api'}"]
 
 
 def _tokens_file(root: Path) -> Path:
@@ -70,7 +59,7 @@ def _tokens_file(root: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def token_server(tmp_path: Path, **settings: Any) -> AsyncIterator[InProcessServer]:
-    settings.setdefault("projects", _projects(tmp_path))
+    settings.setdefault("projects", two_projects(tmp_path))
     settings.setdefault("allow_same_user_shells", True)
     async with inprocess_server(
         auth="token", tokens_file=str(_tokens_file(tmp_path)), **settings
@@ -83,7 +72,7 @@ async def _http(
 ) -> tuple[int, Any]:
     headers = kwargs.pop("headers", {})
     if token is not None:
-        headers.update(_bearer(token))
+        headers.update(bearer(token))
     async with (
         aiohttp.ClientSession(auto_decompress=False) as http,
         http.request(method, srv.base_url + path, headers=headers, **kwargs) as response,
@@ -99,7 +88,7 @@ async def _http(
 async def test_cross_site_posts_to_the_operator_api_are_refused(tmp_path: Path) -> None:
     """A page on another site can POST text/plain without a preflight, with the cookie."""
     async with token_server(tmp_path) as srv:
-        conn = await must_connect(srv.ws_url, headers=_bearer(OPS), project="web")
+        conn = await must_connect(srv.ws_url, headers=bearer(OPS), project="web")
         cookie = {"Cookie": f"tether_token={OPS}"}
         for origin in ("http://evil.example", "null"):
             headers = {**cookie, "Origin": origin, "Content-Type": "text/plain"}
@@ -142,7 +131,7 @@ async def test_breaker_stats_show_a_non_operator_only_its_projects(tmp_path: Pat
 async def test_a_failed_shell_start_does_not_send_a_server_path(tmp_path: Path) -> None:
     async with token_server(tmp_path) as srv:
         (tmp_path / "web").rmdir()
-        refused = await must_refuse(srv.ws_url, headers=_bearer(ALICE), project="web")
+        refused = await must_refuse(srv.ws_url, headers=bearer(ALICE), project="web")
         assert refused.code == 1011
         assert str(tmp_path) not in refused.reason and "/" not in refused.reason
 
@@ -166,7 +155,7 @@ async def test_an_https_origin_is_not_ours_on_a_plain_http_server(tmp_path: Path
 
 async def test_a_frame_of_exactly_the_limit_is_accepted(tmp_path: Path) -> None:
     async with token_server(tmp_path, max_message_size=2048) as srv:
-        conn = await must_connect(srv.ws_url, headers=_bearer(ALICE), project="web")
+        conn = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web")
         await conn.send(b"#" * 2047 + b"\r")  # exactly 2048 bytes: a comment line for bash
         await conn.send("echo FRAME-$((40+2))\r")
         await conn.read_until("FRAME-42")
@@ -325,7 +314,7 @@ async def test_a_client_cannot_choose_its_forwarded_address(tmp_path: Path) -> N
 
     settings = {"address_storm_threshold": 2, "trusted_proxies": ["127.0.0.1"]}
     async with token_server(tmp_path, **settings) as srv:
-        forged = CIMultiDict(_bearer(ALICE))
+        forged = CIMultiDict(bearer(ALICE))
         forged.add("X-Forwarded-For", "127.0.0.1")  # the client's own line
         forged.add("X-Forwarded-For", "203.0.113.9")  # the proxy's
         conns = [await must_connect(srv.ws_url, headers=forged, project="web") for _ in range(2)]
@@ -339,7 +328,7 @@ async def test_a_forwarded_address_that_only_starts_like_loopback_is_counted(
 ) -> None:
     settings = {"address_storm_threshold": 2, "trusted_proxies": ["127.0.0.1"]}
     async with token_server(tmp_path, **settings) as srv:
-        headers = {**_bearer(ALICE), "X-Forwarded-For": "::1abc"}
+        headers = {**bearer(ALICE), "X-Forwarded-For": "::1abc"}
         conns = [await must_connect(srv.ws_url, headers=headers, project="web") for _ in range(2)]
         try:
             assert (await must_refuse(srv.ws_url, headers=headers, project="web")).code == 4129
@@ -355,40 +344,40 @@ async def test_failed_logins_are_rate_limited_per_address(tmp_path: Path) -> Non
         for attempt in range(3):
             wrong = f"wrong-token-{attempt:012d}"
             assert (
-                await must_refuse(srv.ws_url, headers=_bearer(wrong), project="web")
+                await must_refuse(srv.ws_url, headers=bearer(wrong), project="web")
             ).code == 4001
-        refused = await must_refuse(srv.ws_url, headers=_bearer(ALICE), project="web")
+        refused = await must_refuse(srv.ws_url, headers=bearer(ALICE), project="web")
         assert refused.code == 4129 and refused.reason.startswith("retry-after=")
         status, body = await _http(srv, "GET", "/api/projects", ALICE)
         assert status == 429 and body["error"]["code"] == "too_many_requests"
         # Another address (behind no proxy here: the limiter's own table) is not affected.
         assert srv.server.login_retry_after("203.0.113.1") is None
         srv.clock.advance(int(refused.reason.split("=")[1]))
-        conn = await must_connect(srv.ws_url, headers=_bearer(ALICE), project="web")
+        conn = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web")
         await conn.close()
         # A missing credential is not a failed login (a page loads before it has its token).
         for _ in range(5):
             assert (await must_refuse(srv.ws_url, project="web")).code == 4001
-        conn = await must_connect(srv.ws_url, headers=_bearer(ALICE), project="web")
+        conn = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web")
         await conn.close()
 
 
 # ----------------------------------------------------------------------------- reload
 async def test_tokens_are_reloaded_without_touching_sessions(tmp_path: Path) -> None:
     async with token_server(tmp_path) as srv:
-        conn = await must_connect(srv.ws_url, headers=_bearer(ALICE), project="web")
+        conn = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web")
         tokens = tmp_path / "tokens.toml"
         replaced = "alice-secret-token-0002"
         tokens.write_text(TOKENS.replace(ALICE, replaced), encoding="utf-8")
         assert srv.server.reload()
-        assert (await must_refuse(srv.ws_url, headers=_bearer(ALICE), project="web")).code == 4001
-        fresh = await must_connect(srv.ws_url, headers=_bearer(replaced), project="web")
+        assert (await must_refuse(srv.ws_url, headers=bearer(ALICE), project="web")).code == 4001
+        fresh = await must_connect(srv.ws_url, headers=bearer(replaced), project="web")
         await conn.send("echo KEPT-$((40+2))\r")
         await conn.read_until("KEPT-42")
         # A broken file keeps the tokens in force (and says so in the log).
         tokens.write_text("not toml [", encoding="utf-8")
         assert not srv.server.reload()
-        again = await must_connect(srv.ws_url, headers=_bearer(replaced), project="web")
+        again = await must_connect(srv.ws_url, headers=bearer(replaced), project="web")
         for c in (conn, fresh, again):
             await c.close()
 
@@ -405,7 +394,7 @@ def test_sighup_reloads_the_tokens_file(tmp_path: Path) -> None:
             import urllib.request
 
             request = urllib.request.Request(
-                f"{server.base_url}/api/projects", headers=_bearer(token)
+                f"{server.base_url}/api/projects", headers=bearer(token)
             )
             try:
                 with urllib.request.urlopen(request, timeout=5) as response:

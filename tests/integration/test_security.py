@@ -31,49 +31,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from multidict import CIMultiDict
 
+from tests.support.auth import ALICE, BOB, JWT_SECRET, OPS, TOKENS, bearer, two_projects
 from tests.support.server import InProcessServer, inprocess_server, start_server
 from tests.support.wsclient import Conn, connect, must_connect, must_refuse, strip_ansi
 
 pytestmark = pytest.mark.timeout(60)
-
-ALICE = "alice-secret-token-0001"
-BOB = "bob-secret-token-000002"
-OPS = "ops-secret-token-000003"
-TOKENS = f"""
-[[tokens]]
-owner = "alice"
-token = "{ALICE}"
-projects = ["web"]
-
-[[tokens]]
-owner = "bob"
-token = "{BOB}"
-projects = ["web", "api"]
-
-[[tokens]]
-owner = "ops"
-token = "{OPS}"
-projects = "*"
-operator = true
-"""
-JWT_SECRET = "jwt-signing-secret-for-tests-0123456789"
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _projects(root: Path) -> list[str]:
-    for name in ("web", "api"):
-        (root / name).mkdir(exist_ok=True)
-    return [f"web={root / 'web'}", f"api={root / 'api'}"]
 
 
 @contextlib.asynccontextmanager
 async def token_server(tmp_path: Path, **settings: Any) -> AsyncIterator[InProcessServer]:
     tokens = tmp_path / "tokens.toml"
     tokens.write_text(TOKENS, encoding="utf-8")
-    settings.setdefault("projects", _projects(tmp_path))
+    settings.setdefault("projects", two_projects(tmp_path))
     async with inprocess_server(auth="token", tokens_file=str(tokens), **settings) as srv:
         yield srv
 
@@ -83,7 +52,7 @@ async def _http(
 ) -> tuple[int, Any]:
     headers = kwargs.pop("headers", {})
     if token is not None:
-        headers.update(_bearer(token))
+        headers.update(bearer(token))
     async with (
         aiohttp.ClientSession() as http,
         http.request(method, srv.base_url + path, headers=headers, **kwargs) as response,
@@ -96,11 +65,11 @@ async def _http(
 
 
 async def _as(srv: InProcessServer, token: str, **query: Any) -> Conn:
-    return await must_connect(srv.ws_url, headers=_bearer(token), **query)
+    return await must_connect(srv.ws_url, headers=bearer(token), **query)
 
 
 async def _refused_as(srv: InProcessServer, token: str | None, **query: Any) -> int:
-    headers = _bearer(token) if token else None
+    headers = bearer(token) if token else None
     return (await must_refuse(srv.ws_url, headers=headers, **query)).code
 
 
@@ -127,7 +96,7 @@ async def test_missing_and_invalid_tokens_get_4001_and_401(tmp_path: Path) -> No
 
 async def test_header_cookie_and_query_credentials_are_accepted(tmp_path: Path) -> None:
     async with token_server(tmp_path) as srv:
-        header = await must_connect(srv.ws_url, headers=_bearer(ALICE), project="web")
+        header = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web")
         cookie = await must_connect(
             srv.ws_url, headers={"Cookie": f"tether_token={ALICE}"}, project="web"
         )
@@ -161,7 +130,7 @@ async def test_jwt_expired_wrong_audience_and_forged_tokens_get_4001(
 ) -> None:
     monkeypatch.setenv("TEST_TETHER_SIGNING", JWT_SECRET)
     settings = {"jwt_secret_env": "TEST_TETHER_SIGNING", "jwt_audience": "tether", "jwt_leeway": 5}
-    async with inprocess_server(auth="jwt", projects=_projects(tmp_path), **settings) as srv:
+    async with inprocess_server(auth="jwt", projects=two_projects(tmp_path), **settings) as srv:
         good = await _as(srv, _jwt(), project="web")
         assert good.hello["created"]
         bad_tokens = {
@@ -215,7 +184,7 @@ async def test_jwt_rs256_with_a_public_key(tmp_path: Path) -> None:
         )
     )
     async with inprocess_server(
-        auth="jwt", jwt_public_key=str(pem), projects=_projects(tmp_path)
+        auth="jwt", jwt_public_key=str(pem), projects=two_projects(tmp_path)
     ) as srv:
         claims = {"sub": "carol", "projects": "*", "exp": int(time.time()) + 60}
         conn = await _as(srv, jwt.encode(claims, key, algorithm="RS256"), project="api")
@@ -232,7 +201,7 @@ async def test_another_owners_session_is_forbidden(tmp_path: Path) -> None:
         session = mine.hello["session"]
         for create in (None, 0):
             refused = await must_refuse(
-                srv.ws_url, headers=_bearer(BOB), project="web", session=session, create=create
+                srv.ws_url, headers=bearer(BOB), project="web", session=session, create=create
             )
             assert refused.code == 4003 and "owner" in refused.reason
         # The operator role grants the operator API, not someone else's shell.
@@ -257,7 +226,7 @@ async def test_the_same_legacy_id_is_two_shells_for_two_owners(tmp_path: Path) -
 
 async def test_forbidden_project_and_project_listing(tmp_path: Path) -> None:
     async with token_server(tmp_path) as srv:
-        refused = await must_refuse(srv.ws_url, headers=_bearer(ALICE), project="api")
+        refused = await must_refuse(srv.ws_url, headers=bearer(ALICE), project="api")
         assert refused.code == 4003 and "project" in refused.reason
         assert await _refused_as(srv, BOB, project="unknown") == 4003
         status, listed = await _http(srv, "GET", "/api/projects", ALICE)
@@ -324,7 +293,7 @@ async def test_sessions_per_owner_limit_4010_only_with_auth(tmp_path: Path) -> N
     async with token_server(tmp_path, max_sessions_per_owner=2) as srv:
         first = await _as(srv, ALICE, project="web")
         second = await _as(srv, ALICE, project="web")
-        refused = await must_refuse(srv.ws_url, headers=_bearer(ALICE), project="web")
+        refused = await must_refuse(srv.ws_url, headers=bearer(ALICE), project="web")
         assert refused.code == 4010
         again = await _as(srv, ALICE, project="web", session=first.hello["session"])
         assert not again.hello["created"], "attaching to one's own session is not limited"
@@ -354,20 +323,20 @@ async def test_server_capacity_and_frame_size_with_auth(tmp_path: Path) -> None:
 async def test_forwarded_addresses_count_only_behind_trusted_proxies(tmp_path: Path) -> None:
     settings = {"address_storm_threshold": 2, "trusted_proxies": ["127.0.0.1"]}
     async with token_server(tmp_path, **settings) as srv:
-        spoofed = {**_bearer(BOB), "X-Forwarded-For": "198.51.100.1, 203.0.113.5"}
+        spoofed = {**bearer(BOB), "X-Forwarded-For": "198.51.100.1, 203.0.113.5"}
         conns = [await must_connect(srv.ws_url, headers=spoofed, project="web") for _ in range(2)]
         refused = await must_refuse(srv.ws_url, headers=spoofed, project="web")
         assert refused.code == 4129, "the forwarded client address is rate limited"
-        neighbour = {**_bearer(BOB), "X-Forwarded-For": "203.0.113.6"}
+        neighbour = {**bearer(BOB), "X-Forwarded-For": "203.0.113.6"}
         conns.append(await must_connect(srv.ws_url, headers=neighbour, project="web"))
         # A proxy may append its own line after one the client sent: the last line counts.
-        two_lines = CIMultiDict(_bearer(BOB))
+        two_lines = CIMultiDict(bearer(BOB))
         two_lines.add("X-Forwarded-For", "203.0.113.5")  # forged by the client
         two_lines.add("X-Forwarded-For", "203.0.113.7")  # added by the proxy
         conns.append(await must_connect(srv.ws_url, headers=two_lines, project="web"))
         await _close(*conns)
     async with token_server(tmp_path, address_storm_threshold=2) as srv:
-        spoofed = {**_bearer(BOB), "X-Forwarded-For": "203.0.113.5"}
+        spoofed = {**bearer(BOB), "X-Forwarded-For": "203.0.113.5"}
         conns = [await must_connect(srv.ws_url, headers=spoofed, project="web") for _ in range(3)]
         assert len(conns) == 3, "an untrusted peer's X-Forwarded-For is ignored"
         await _close(*conns)
@@ -396,7 +365,7 @@ async def test_host_header_check_against_dns_rebinding(tmp_path: Path) -> None:
         for path in ("/", "/healthz", "/metrics", "/nope"):
             assert (await _http(srv, "GET", path, headers={"Host": "evil.example"}))[0] == 403
         refused = await must_refuse(
-            srv.ws_url, headers={**rebinding, **_bearer(ALICE)}, project="web"
+            srv.ws_url, headers={**rebinding, **bearer(ALICE)}, project="web"
         )
         assert (refused.code, refused.reason) == (4003, "host not allowed")
         assert not srv.server.manager.sessions
@@ -404,7 +373,7 @@ async def test_host_header_check_against_dns_rebinding(tmp_path: Path) -> None:
             status, _ = await _http(srv, "GET", "/api/projects", ALICE, headers={"Host": host})
             assert status == 200, host
         conn = await must_connect(
-            srv.ws_url, headers={"Host": f"tether.test:{port}", **_bearer(ALICE)}, project="web"
+            srv.ws_url, headers={"Host": f"tether.test:{port}", **bearer(ALICE)}, project="web"
         )
         await conn.close()
 
@@ -593,7 +562,7 @@ async def test_a_refused_client_does_not_disturb_other_sessions(tmp_path: Path) 
     async with token_server(tmp_path) as srv:
         bystander = await _as(srv, BOB, project="web")
         attempts = [
-            connect(srv.ws_url, headers=_bearer(token), project=project, session=session)
+            connect(srv.ws_url, headers=bearer(token), project=project, session=session)
             for token, project, session in [
                 ("nope-nope-nope-nope", "web", None),
                 (ALICE, "api", None),
