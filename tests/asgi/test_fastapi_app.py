@@ -4,7 +4,6 @@ the same protocol as `tether serve` — byte-exact resume, exactly-once input, c
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -17,9 +16,10 @@ import aiohttp
 import pytest
 
 from tests.asgi.uvicorn import UvicornApp, example_app
+from tests.support.exactness import assert_replay_matches, assert_typed_exactly_once
 from tests.support.server import eventually
 from tether.client import Terminal, connect
-from tether.tools.check_probe import Probe, end_shell
+from tether.tools.check_probe import Probe
 from tether.tools.proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(90)
@@ -56,13 +56,7 @@ async def test_resumes_byte_exact_with_exactly_once_input_through_cuts(running: 
                 proxy.abort_all()
             if index % 40 == 10:  # ... and a few lines were typed while it was away
                 await until_connected_through(proxy, term, accepted)
-        await term.send(b"\x04")
-        await term.send(
-            "stty echo; md5sum < typed.txt; printf '%s-%s\\n' wc $(wc -c < typed.txt)\r"
-        )
-        match = await probe.wait_for(re.compile(rb"wc-(\d+)"), timeout=30)
-        assert int(match.group(1)) == len(typed)
-        assert hashlib.md5(typed).hexdigest().encode() in probe.transcript
+        await assert_typed_exactly_once(term, probe, typed)
         assert proxy.statistics().aborted >= 3
         session = str(term.session_id)
         await term.detach()
@@ -76,12 +70,7 @@ async def test_resumes_byte_exact_with_exactly_once_input_through_cuts(running: 
         create=False,
         token=token,
     )
-    replayed = Probe(replay)
-    async with asyncio.timeout(10):
-        while len(replayed.transcript) < len(probe.transcript):
-            await replayed.read_some()
-    assert bytes(replayed.transcript[: len(probe.transcript)]) == bytes(probe.transcript)
-    await end_shell(replay)
+    await assert_replay_matches(replay, probe)
 
 
 async def test_without_login_the_socket_closes_4001_and_http_answers_401(

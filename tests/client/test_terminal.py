@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import json
 import re
 import warnings
@@ -20,12 +19,13 @@ from typing import Any
 import pytest
 
 from tests.client.fake_server import FakeServer, Relay, until
+from tests.support.exactness import assert_replay_matches, assert_typed_exactly_once
 from tests.support.server import ServerProcess, start_server
 from tether.client import Connected, Disconnected, Gap, Latency, ServerError, Terminal, connect
 from tether.client import terminal as client
 from tether.errors import ConnectFailed, SessionEnded
 from tether.protocol.policy import PolicyEvent, ReconnectPolicy, State
-from tether.tools.check_probe import Probe, end_shell
+from tether.tools.check_probe import Probe
 from tether.tools.proxy import TcpProxy
 
 
@@ -365,13 +365,7 @@ async def test_real_server_exact_stream_and_exactly_once_input_through_cuts(
                 proxy.cut()  # unreachable for a while: input keeps queueing
                 await until(lambda: not term.is_connected, term)
                 await proxy.restore()
-        await term.send(b"\x04")
-        await term.send(
-            "stty echo; md5sum < typed.txt; printf '%s-%s\\n' wc $(wc -c < typed.txt)\r"
-        )
-        match = await probe.wait_for(re.compile(rb"wc-(\d+)"), timeout=30)
-        assert int(match.group(1)) == len(typed)
-        assert hashlib.md5(typed).hexdigest().encode() in probe.transcript
+        await assert_typed_exactly_once(term, probe, typed)
         assert proxy.statistics().aborted >= 6
         session = str(term.session_id)
         await term.detach()
@@ -380,12 +374,7 @@ async def test_real_server_exact_stream_and_exactly_once_input_through_cuts(
     replay = await connect(
         real_server.ws_url, project="default", session=session, offset=0, create=False
     )
-    replayed = Probe(replay)
-    async with asyncio.timeout(10):
-        while len(replayed.transcript) < len(probe.transcript):
-            await replayed.read_some()
-    assert bytes(replayed.transcript[: len(probe.transcript)]) == bytes(probe.transcript)
-    await end_shell(replay)
+    await assert_replay_matches(replay, probe)
 
 
 async def test_real_server_restart_surfaces_4004(real_server: ServerProcess) -> None:
@@ -507,12 +496,7 @@ async def test_real_server_behind_a_corrupting_relay(real_server: ServerProcess)
     replay = await connect(
         real_server.ws_url, project="default", session=session, offset=0, create=False
     )
-    replayed = Probe(replay)
-    async with asyncio.timeout(10):
-        while len(replayed.transcript) < len(probe.transcript):
-            await replayed.read_some()
-    assert bytes(replayed.transcript[: len(probe.transcript)]) == bytes(probe.transcript)
-    await end_shell(replay)
+    await assert_replay_matches(replay, probe)
 
 
 async def test_input_and_resize_after_close_go_nowhere(server: FakeServer) -> None:
