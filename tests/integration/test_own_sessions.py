@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from tests.cluster.conftest import running_cluster
-from tests.integration.test_security import ALICE, BOB, _bearer, token_server
+from tests.integration.test_security import token_server
+from tests.support.auth import ALICE, BOB, bearer
 from tests.support.server import (
     InProcessServer,
     ServerProcess,
@@ -44,11 +45,9 @@ async def http(
 async def test_an_owner_lists_renames_and_ends_only_its_own_sessions(tmp_path: Path) -> None:
     async with token_server(tmp_path) as srv:
         url = srv.base_url
-        web = await must_connect(
-            srv.ws_url, headers=_bearer(ALICE), project="web", cols=90, rows=30
-        )
-        second = await must_connect(srv.ws_url, headers=_bearer(ALICE), project="web")
-        bobs = await must_connect(srv.ws_url, headers=_bearer(BOB), project="web")
+        web = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web", cols=90, rows=30)
+        second = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web")
+        bobs = await must_connect(srv.ws_url, headers=bearer(BOB), project="web")
         mine, bob_key = web.hello["key"], bobs.hello["key"]
 
         status, body = await http(url, "GET", "/api/me/sessions", ALICE)
@@ -118,7 +117,7 @@ async def test_a_bad_name_is_refused_with_a_reason(
     tmp_path: Path, payload: Any, problem: str
 ) -> None:
     async with token_server(tmp_path) as srv:
-        conn = await must_connect(srv.ws_url, headers=_bearer(ALICE), project="web")
+        conn = await must_connect(srv.ws_url, headers=bearer(ALICE), project="web")
         path = f"/api/me/sessions/{conn.hello['key']}"
         status, body = await http(srv.base_url, "PATCH", path, ALICE, payload)
         assert status == 400 and problem in body["error"]["message"]
@@ -181,7 +180,7 @@ async def test_across_a_cluster_any_node_lists_renames_and_ends_ones_own(tmp_pat
     args = ("--auth", "token", "--tokens-file", str(tokens), "--cluster-secret-env", "SECRET")
     secret = {"SECRET": "cluster-secret-for-own-sessions-0123"}
     with running_cluster(2, *args, env=secret) as nodes:  # a real redis-server, two nodes
-        conn = await must_connect(nodes.ws_url(0), headers=_bearer(ALICE), project="default")
+        conn = await must_connect(nodes.ws_url(0), headers=bearer(ALICE), project="default")
         key, elsewhere = conn.hello["key"], nodes.base_url(1)
         path = f"/api/me/sessions/{key}"
         status, body = await http(elsewhere, "PATCH", path, ALICE, {"name": "on node0"})

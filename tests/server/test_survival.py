@@ -38,7 +38,7 @@ class _Shell:
     def typed(self, state: survival.SessionState, client: str, count: int) -> None:
         self.info.input_counts[client] = self.info.input_counts.get(client, 0) + count
         self.input_bytes += count
-        state.input_counted(cast(Session, self))
+        state.facts_changed(cast(Session, self))
 
 
 def _state(shell: _Shell) -> survival.SessionState:

@@ -66,8 +66,9 @@ class SessionObserver(Protocol):
     def output_appended(self, session: Session, data: bytes) -> None:
         """``data`` was read from the PTY and appended to the ring (no client has it yet)."""
 
-    def input_counted(self, session: Session) -> None:
-        """An input count changed (bytes were written to the PTY)."""
+    def facts_changed(self, session: Session) -> None:
+        """A fact a new process needs changed: an input count (bytes were written to the PTY)
+        or the display name."""
 
 
 class SessionRecorder(Protocol):
@@ -379,7 +380,7 @@ class Session:
         if len(counts) > _MAX_INPUT_IDS:
             counts.popitem(last=False)
         if self.observer is not None:
-            self.observer.input_counted(self)
+            self.observer.facts_changed(self)
 
     def input_count(self, input_key: str) -> int:
         return self.info.input_counts.get(input_key, 0)
@@ -434,7 +435,7 @@ class Session:
         """Set the display name (already validated: ``store.record.check_display_name``)."""
         self.info.name = name
         if self.observer is not None:  # the facts a new process reads after a crash
-            self.observer.input_counted(self)
+            self.observer.facts_changed(self)
 
     # ----------------------------------------------------------------- exit and ending
     def _on_child_event(self) -> None:

@@ -75,7 +75,7 @@ class SessionState:
         self._tail_seen: tuple[object, bool] | None = None  # (modes, mid-sequence) last written
         self._input_bytes = session.input_bytes
         self._note_tail_modes(session)
-        self.input_counted(session)
+        self.facts_changed(session)
 
     # SessionObserver
     def output_appended(self, session: Session, data: bytes) -> None:
@@ -91,7 +91,7 @@ class SessionState:
             os.pwrite(self.state_fd, data[first:], RING_BASE)
         self._write_slot(start + len(data))
 
-    def input_counted(self, session: Session) -> None:
+    def facts_changed(self, session: Session) -> None:
         info = session.info
         self._record |= {
             "key": info.key,
