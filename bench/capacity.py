@@ -1,6 +1,6 @@
 """One node at its limits: thousands of sessions on one server started with the defaults users get.
 
-    flock /work/main/.lead/heavy.lock .venv/bin/python -m bench.capacity \
+    .venv/bin/python -m bench.capacity \
         --sessions 4000 --typers 200 --herd 4000 --out bench/results/capacity-4000.json
 
 ``tether serve`` with no tuning flag (crash survival's supervisor on, the default storm rules,
