@@ -339,6 +339,8 @@ async def test_an_owner_gone_mid_relay_closes_the_client_with_1001() -> None:
             await read_until(ws, b"relayed-42")
             shells = cluster.kill(0)
             message = await ws.receive(timeout=10)
+            while message.type in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):  # prompt, ack
+                message = await ws.receive(timeout=10)
             assert message.type is aiohttp.WSMsgType.CLOSE, message
             assert (message.data, message.extra) == (1001, "owner node connection lost")
             await ws.close()

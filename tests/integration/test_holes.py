@@ -7,7 +7,6 @@ Owners: ``alice`` (project web), ``ops`` (every project, operator).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -23,6 +22,7 @@ import psutil
 import pytest
 
 from tests.support.auth import ALICE, OPS, bearer, two_projects
+from tests.support.rawws import frame, raw_upgrade, read_until_closed
 from tests.support.server import (
     InProcessServer,
     eventually,
@@ -164,61 +164,6 @@ async def test_a_frame_of_exactly_the_limit_is_accepted(tmp_path: Path) -> None:
         await conn.close()
 
 
-# ----------------------------------------------------------------------------- raw sockets
-def _frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
-    """One final WebSocket frame, masked as a client must (RFC 6455, 5.3) unless told not to."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x80 | opcode, (0x80 if masked else 0) | length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, (0x80 if masked else 0) | 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, (0x80 if masked else 0) | 127, length)
-    if not masked:
-        return header + payload
-    mask = os.urandom(4)
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def _raw_upgrade(
-    port: int, query: str = "project=default", *, rcvbuf: int | None = None
-) -> socket.socket:
-    """A WebSocket opened by hand (so that the test decides what is read and sent)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET /ws/terminal?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Protocol: tether.v1\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, "closed during the upgrade"
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
-def _read_until_closed(sock: socket.socket, timeout: float) -> bytes:
-    """Everything the server sends until it closes (fails if it does not within ``timeout``)."""
-    sock.settimeout(timeout)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
-
-
 # ----------------------------------------------------------------------------- memory, heartbeat
 async def test_unsolicited_pongs_do_not_keep_a_silent_client_alive() -> None:
     async with inprocess_server(clock=FakeClock(), auth="none", heartbeat=5) as srv:
@@ -276,10 +221,10 @@ def _rss(pid: int) -> int:
 def test_a_client_that_never_reads_cannot_grow_the_server(tmp_path: Path) -> None:
     """The reproducer: pings and PONG frames as fast as possible, never reading the answers."""
     with server_process("--auth", "none", "--heartbeat", "2") as server:
-        sock = _raw_upgrade(server.port, rcvbuf=4096)
+        sock = raw_upgrade(server.port, rcvbuf=4096)
         baseline = peak = _rss(server.pid)
         flood = b"".join(
-            _frame(0x1, b'{"type":"ping","t":1}') + _frame(0xA, b"x") for _ in range(500)
+            frame(0x1, b'{"type":"ping","t":1}') + frame(0xA, b"x") for _ in range(500)
         )
         deadline = time.monotonic() + 15
         dropped = False
@@ -503,17 +448,17 @@ async def test_unmasked_client_frames_close_with_1002(split: int | None) -> None
     async with inprocess_server(auth="none") as srv:
 
         def attack() -> bytes:
-            sock = _raw_upgrade(srv.port)
+            sock = raw_upgrade(srv.port)
             try:
                 # Masked frames are fine (a 200-byte one: a 16-bit length), then an unmasked one.
-                sock.sendall(_frame(0x2, b"echo MASKED-OK\r") + _frame(0x2, b"#" * 200 + b"\r"))
-                unmasked = _frame(0x2, b"echo UNMASKED\r", masked=False)
+                sock.sendall(frame(0x2, b"echo MASKED-OK\r") + frame(0x2, b"#" * 200 + b"\r"))
+                unmasked = frame(0x2, b"echo UNMASKED\r", masked=False)
                 if split is None:
                     sock.sendall(unmasked)
                 else:
                     sock.sendall(unmasked[:split])
                     sock.sendall(unmasked[split:])
-                return _read_until_closed(sock, 10)
+                return read_until_closed(sock, 10)
             finally:
                 sock.close()
 

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from tether.server.aiohttp_front.app import create_app
 from tether.server.aiohttp_front.context import SERVER_KEY
+from tether.server.aiohttp_front.site import GuardedSite
 from tether.server.clock import Clock, FakeClock
 from tether.server.config import build_settings
 from tether.server.core import Server
@@ -264,7 +265,8 @@ async def inprocess_server(
     app = create_app(build_settings(settings, cwd=workdir), clock=clock)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    server = app[SERVER_KEY]  # the site users get: the direct front serves /ws/terminal
+    site = GuardedSite(runner, "127.0.0.1", 0, pending=server.pending, terminals=server)
     await site.start()
     try:
         yield InProcessServer(app[SERVER_KEY], runner.addresses[0][1], workdir)

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from tether._version import __version__
 from tether.errors import ConfigError, Refusal
 from tether.protocol.codes import CloseCode
-from tether.protocol.messages import check_subprotocols
+from tether.protocol.messages import (
+    ClientMessage,
+    MessageError,
+    Ping,
+    Resize,
+    check_subprotocols,
+    parse_client_message,
+)
 from tether.protocol.storm import StormDetector
 from tether.server import auth, capacity, hostcheck, logs
 from tether.server.clock import Clock, SystemClock
@@ -32,7 +39,7 @@ from tether.server.metrics import Metrics, close_code_label
 from tether.server.pending import PendingConnections
 from tether.server.pty import process_rss_bytes
 from tether.server.recorder import Recorder
-from tether.server.session import SessionState
+from tether.server.session import Client, Session, SessionState
 from tether.server.store import SessionStore
 from tether.server.upgrade import Upgrader
 
@@ -293,6 +300,34 @@ class Server:
                 # The log has the cause; the client must not learn the server's paths.
                 raise Refusal(refusal.code, "cannot start shell") from None
             raise
+
+    def output_sent(self, session: Session, client: Client, count: int) -> None:
+        """A front sent ``count`` more bytes of the stream to ``client``: its position moves,
+        and the session may read its PTY again if flow control had paused it."""
+        client.position += count
+        self.metrics.output_bytes.inc(count)
+        session.client_progressed()
+
+    def take_text(self, front: Front, session: Session, client: Client, text: str) -> ClientMessage:
+        """A client's text frame, answered the same on every front: a resize is applied and
+        logged, a ping answered, a malformed message answered with its error. The parsed message
+        is returned: an ``Input`` is the front's to write (in order with binary input)."""
+        message = parse_client_message(text)
+        if isinstance(message, Resize):
+            session.resize(message.cols, message.rows, origin=client)
+            self.log(
+                "resize",
+                key=session.info.key,
+                cols=message.cols,
+                rows=message.rows,
+                addr=front.address,
+                client=client.client_id,
+            )
+        elif isinstance(message, Ping):
+            front.send_message({"type": "pong", "t": message.t})
+        elif isinstance(message, MessageError):
+            front.send_message(message.to_wire())
+        return message
 
     def on_refused(self, refusal: Refusal, address: str) -> None:
         self.metrics.connection_attempts.inc()

@@ -355,8 +355,15 @@ class Session:
     # ----------------------------------------------------------------- input / resize
     async def write_input(self, input_key: str, data: bytes) -> None:
         """Write input in order; counts bytes toward ``input_key`` only once written."""
+        waiting = self.offer_input(input_key, data)
+        if waiting is not None:
+            await waiting
+
+    def offer_input(self, input_key: str, data: bytes) -> asyncio.Future[None] | None:
+        """Write what the PTY takes now; None when all of it went, else a future done once
+        the rest is written (input offered meanwhile queues behind it, in order)."""
         if self.state is SessionState.ENDED or not data:
-            return
+            return None
         self.info.last_activity = self._clock()
         if self.recorder is not None:
             self.recorder.input(data)
@@ -365,12 +372,12 @@ class Session:
             written = self.process.write(view)
             self._count_input(input_key, written)
             if written == len(view):
-                return
+                return None
             view = view[written:]
         future: asyncio.Future[None] = self._loop.create_future()
         self._pending_input.append((input_key, view, future))
         self._register_writer()
-        await future
+        return future
 
     def _count_input(self, input_key: str, written: int) -> None:
         counts = self.info.input_counts

@@ -225,6 +225,7 @@ async def serve(
             reuse_address=True,
             ssl_context=ssl_context,
             pending=app[SERVER_KEY].pending,
+            terminals=app[SERVER_KEY],
             sock=inherited[0] if inherited else None,
             backlog=survive.LISTEN_BACKLOG,
         )

@@ -23,21 +23,13 @@ import dataclasses
 import json
 import socket
 import time
-from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from tether.errors import Refusal
 from tether.protocol.codes import CloseCode, clip_reason
-from tether.protocol.messages import (
-    SUBPROTOCOL,
-    Input,
-    MessageError,
-    Ping,
-    Resize,
-    parse_client_message,
-)
-from tether.server.acks import InputAcks
+from tether.protocol.messages import SUBPROTOCOL, Input
+from tether.server.acks import PingedFront
 from tether.server.aiohttp_front import forward
 from tether.server.aiohttp_front.context import client_address, server_of, upgrade_of
 from tether.server.aiohttp_front.masking import require_masked_frames
@@ -51,12 +43,9 @@ from tether.server.session import Client, Session
 # loop's timer): a typing user keeps one task, an idle connection holds none.
 SEND_LINGER = 0.5
 _INPUT_BACKLOG = 256 * 1024
-# Control messages (pong, ack, resize, exit) queued for one client. A client answers a few per
-# heartbeat; one that keeps sending pings and never reads would grow this without end.
-MAX_QUEUED_MESSAGES = 1024
 
 
-class TerminalConnection(InputAcks):
+class TerminalConnection(PingedFront):
     """One client socket attached to one session.
 
     Slotted, and with its queue and send task made only when needed: thousands of these sit
@@ -64,19 +53,15 @@ class TerminalConnection(InputAcks):
     """
 
     __slots__ = (
-        "_awaited_pongs",
         "_close_sent",
         "_closing",
         "_corked",
         "_dropped",
         "_idle",
-        "_messages",
         "_ping_task",
-        "_pings_sent",
         "_ready",
         "_replaying",
         "_sending",
-        "_unanswered_pings",
         "address",
         "client",
         "request",
@@ -98,12 +83,9 @@ class TerminalConnection(InputAcks):
         self._idle: asyncio.Future[bool] | None = None  # what a caught-up send task waits on
         self._ready = False  # the hello went out: output may follow
         self._replaying = False
-        self._messages: collections.deque[dict[str, Any] | str] | None = None  # str: encoded
         self._closing: tuple[int, str] | None = None
         self._close_sent = False
-        self._unanswered_pings = 0
-        self._pings_sent = 0
-        self._awaited_pongs: tuple[bytes, ...] = ()  # payloads of our pings not yet answered
+        self._init_pings()
         self._dropped: int | None = None  # the code of a connection this side cut
         self._corked = False  # the upgrade response, hello and replay wait to go out as one
         self._init_acks()
@@ -117,15 +99,6 @@ class TerminalConnection(InputAcks):
                 idle.set_result(True)
         elif self._sending is None and self._ready and not self._close_sent:
             self._sending = asyncio.get_running_loop().create_task(self._send_pending())
-
-    def send_message(self, message: dict[str, Any]) -> None:
-        if self._messages is None:
-            self._messages = collections.deque()
-        elif len(self._messages) >= MAX_QUEUED_MESSAGES:
-            self._drop(CloseCode.POLICY_VIOLATION, "client stopped reading")
-            return
-        self._messages.append(message)
-        self.wake()
 
     def close(self, code: int, reason: str) -> None:
         if self._closing is None:
@@ -229,17 +202,14 @@ class TerminalConnection(InputAcks):
             await self._send_close(*self._closing)
             return False
         if self._messages:
-            message = self._messages.popleft()
-            await ws.send_str(message if isinstance(message, str) else json.dumps(message))
+            await ws.send_str(self._messages.popleft())
             return True
         if session is None or client is None:
             return False
         chunk = session.read_for(client)
         if chunk:
             await ws.send_bytes(chunk)
-            client.position += len(chunk)
-            self.server.metrics.output_bytes.inc(len(chunk))
-            session.client_progressed()
+            self.server.output_sent(session, client, len(chunk))
             return True
         if self._replaying:
             self._replaying = False
@@ -286,9 +256,8 @@ class TerminalConnection(InputAcks):
                 await self._handle_text(message.data)
             elif message.type is WSMsgType.PING:
                 await self.ws.pong(message.data)
-            elif message.type is WSMsgType.PONG and bytes(message.data) in self._awaited_pongs:
-                self._awaited_pongs = ()  # an unsolicited pong proves nothing
-                self._unanswered_pings = 0
+            elif message.type is WSMsgType.PONG:
+                self._pong_received(bytes(message.data))
             if self._closing is not None:
                 break
 
@@ -300,37 +269,18 @@ class TerminalConnection(InputAcks):
 
     async def _handle_text(self, text: str) -> None:
         assert self.session is not None and self.client is not None
-        message = parse_client_message(text)
+        message = self.server.take_text(self, self.session, self.client, text)
         if isinstance(message, Input):
             await self._write_input(message.data.encode("utf-8"))
-        elif isinstance(message, Resize):
-            self.session.resize(message.cols, message.rows, origin=self.client)
-            self.server.log(
-                "resize",
-                key=self.session.info.key,
-                cols=message.cols,
-                rows=message.rows,
-                addr=self.address,
-                client=self.client.client_id,
-            )
-        elif isinstance(message, Ping):
-            self.send_message({"type": "pong", "t": message.t})
-        elif isinstance(message, MessageError):
-            self.send_message(message.to_wire())
 
     def heartbeat_tick(self) -> None:
         """Called by the server every heartbeat: drop a peer that left two pings unanswered
         (the session stays, detached), else send the next ping."""
         if self.session is None or self._closing is not None:
             return
-        if self._unanswered_pings >= 2:
-            self._drop(CloseCode.ABNORMAL, "two pings unanswered")
-            return
-        self._unanswered_pings += 1
-        self._pings_sent += 1
-        payload = str(self._pings_sent).encode()
-        self._awaited_pongs += (payload,)
-        self._ping_task = asyncio.ensure_future(self._ping(payload))
+        payload = self._next_ping()
+        if payload is not None:
+            self._ping_task = asyncio.ensure_future(self._ping(payload))
 
     async def _ping(self, payload: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):

@@ -22,9 +22,8 @@ from typing import Any
 
 from tether.errors import Refusal
 from tether.protocol.codes import CloseCode, clip_reason
-from tether.protocol.messages import SUBPROTOCOL, Input, MessageError, Ping, Resize
-from tether.protocol.messages import parse_client_message as parse
-from tether.server.acks import InputAcks
+from tether.protocol.messages import SUBPROTOCOL, Input, Ping
+from tether.server.acks import MAX_QUEUED_MESSAGES, InputAcks
 from tether.server.core import HostIdentity, Server
 from tether.server.front import Upgrade
 from tether.server.manager import Connection
@@ -34,7 +33,6 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-MAX_QUEUED_MESSAGES = 1024  # control messages queued for a client that does not read: then 1008
 # A client that sends application pings (the page) is dropped after this many heartbeats with
 # nothing from it; several, because a browser throttles a hidden tab's timers to once a minute.
 SILENT_HEARTBEATS = 4
@@ -147,9 +145,7 @@ class AsgiTerminal(InputAcks):
                 chunk = session.read_for(client)
                 if chunk:
                     await send({"type": "websocket.send", "bytes": bytes(chunk)})
-                    client.position += len(chunk)
-                    self.server.metrics.output_bytes.inc(len(chunk))
-                    session.client_progressed()
+                    self.server.output_sent(session, client, len(chunk))
                     continue
                 if replaying:
                     replaying = False
@@ -208,24 +204,11 @@ class AsgiTerminal(InputAcks):
 
     async def _handle_text(self, connection: Connection, text: str) -> None:
         session, client = connection.session, connection.attach.client
-        message = parse(text)
+        message = self.server.take_text(self, session, client, text)
         if isinstance(message, Input):
             await self._write_input(connection, message.data.encode("utf-8"))
-        elif isinstance(message, Resize):
-            session.resize(message.cols, message.rows, origin=client)
-            self.server.log(
-                "resize",
-                key=session.info.key,
-                cols=message.cols,
-                rows=message.rows,
-                addr=self.address,
-                client=client.client_id,
-            )
         elif isinstance(message, Ping):
-            self._pinging = True
-            self.send_message({"type": "pong", "t": message.t})
-        elif isinstance(message, MessageError):
-            self.send_message(message.to_wire())
+            self._pinging = True  # it keeps itself alive with pings: silence now means gone
 
     def _drop(self, code: int, reason: str) -> None:
         """Stop serving now (a close frame would wait behind what the peer does not read): the
