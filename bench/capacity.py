@@ -11,9 +11,14 @@
    worker's RSS (the shells are other processes), its idle CPU over 10 s; then ``--typers`` of
    them type at a human pace (a key every 50–200 ms for 20 s) and their echo round trips are
    timed; then every shell exits;
-3. the herd: ``--herd`` users attached through ``tether.proxy.TcpProxy``, every connection
+3. the herd (:mod:`bench.herd`): ``--herd`` users, in ``--client-procs`` worker processes of
+   light clients, attached through ``tether.proxy.TcpProxy`` (in this process), every connection
    aborted at once, every user typing while cut; each resumes with its offset and must see its
-   stream byte-exact. Then the worker's CPU over 5 s once they are back.
+   stream byte-exact. The worker's CPU, the supervisor's, the proxy's and the clients' during the
+   herd are reported apart. Then every session is ended and the worker's CPU is measured over
+   5 s.
+
+The bench runs on uvloop (as the server does).
 
 Prints one JSON object; ``--out`` also writes it.
 """
@@ -23,13 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
+from bench.herd import herd
 from bench.targets import SHELL, TetherTarget
-from bench.workloads import herd, many_sessions
+from bench.workloads import many_sessions
 from tether.client import fetch_json
+from tether.errors import ConnectFailed
 
 MIB = 1024 * 1024
 
@@ -37,9 +47,10 @@ MIB = 1024 * 1024
 class DefaultTether(TetherTarget):
     """The server exactly as ``tether serve`` starts it, but for the shell."""
 
-    def __init__(self, shell: str = SHELL) -> None:
-        super().__init__(shell=shell)
-        self.args = ("--shell", shell)
+    def __init__(self, shell: str = SHELL, python: str | None = None) -> None:
+        super().__init__(shell=shell, python=python)
+        # Another interpreter gets no ``--auth none`` from the embedded server: given here.
+        self.args = ("--shell", shell, *(("--auth", "none") if python else ()))
 
 
 def _limits(target: DefaultTether) -> dict[str, Any]:
@@ -60,7 +71,10 @@ async def _until_no_sessions(target: DefaultTether, timeout: float = 120) -> flo
     async with target.http.post(target.server.base_url + "/api/sessions/clear") as response:
         response.raise_for_status()
     while time.perf_counter() - started < timeout:
-        stats = await fetch_json(target.server.base_url, "/stats/sessions")
+        try:
+            stats = await fetch_json(target.server.base_url, "/stats/sessions")
+        except ConnectFailed:
+            continue  # busy ending thousands of shells: ask again
         if not stats["sessions"]:
             break
         await asyncio.sleep(0.5)
@@ -73,9 +87,18 @@ async def _idle_cpu(target: DefaultTether, seconds: float) -> float:
     return 100 * (target.cpu_seconds() - before) / (time.perf_counter() - started)
 
 
+async def _herd(target: DefaultTether, clients: int, procs: int) -> dict[str, Any]:
+    assert target.server is not None and target.worker_pid
+    port = int(target.server.base_url.rsplit(":", 1)[1])
+    others = tuple(pid for pid in (target.server.pid,) if pid and pid != target.worker_pid)
+    load = os.getloadavg()[0]
+    figures = await herd(port, clients, procs, (target.worker_pid, *others))
+    return {"load_average_1m": load} | figures
+
+
 async def measure(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     """Fill ``figures`` phase by phase (what was measured stays when a later phase fails)."""
-    target = DefaultTether(args.shell)
+    target = DefaultTether(args.shell, args.server_python)
     await target.start()
     try:
         figures |= {"limits": _limits(target), "rss_start_mib": target.rss() / MIB}
@@ -86,7 +109,8 @@ async def measure(args: argparse.Namespace, figures: dict[str, Any]) -> None:
             figures["rss_after_many_mib"] = target.rss() / MIB
         if args.herd:
             figures["ended_all_s"] = await _until_no_sessions(target)
-            figures["herd"] = await herd(target, args.herd)
+            figures["herd"] = await _herd(target, args.herd, args.client_procs)
+            figures["herd"]["ended_all_s"] = await _until_no_sessions(target)
             figures["herd"]["cpu_after_percent"] = await _idle_cpu(target, 5.0)
         figures["rss_end_mib"] = target.rss() / MIB
     finally:
@@ -98,12 +122,18 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=4000)
     parser.add_argument("--typers", type=int, default=200)
     parser.add_argument("--herd", type=int, default=4000, help="herd clients (0: none)")
+    parser.add_argument(
+        "--client-procs", type=int, default=2, help="processes the herd's clients run in"
+    )
     parser.add_argument("--shell", default=SHELL)
+    parser.add_argument(
+        "--server-python", help="the server's interpreter (another tree's, for a side by side)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     figures: dict[str, Any] = {}
     try:
-        asyncio.run(measure(args, figures))
+        uvloop.run(measure(args, figures))
     finally:
         text = json.dumps(figures, indent=2)
         print(text)

@@ -103,3 +103,51 @@ async def test_unreachable_target_closes_client() -> None:
             if not await asyncio.wait_for(reader.read(1), 5):
                 raise ConnectionResetError
         writer.close()
+
+
+async def test_half_close_passes_through_and_late_bytes_arrive(echo_port: int) -> None:
+    async with TcpProxy("127.0.0.1", echo_port) as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        payload = b"last words" * 10000
+        writer.write(payload)
+        writer.write_eof()  # the echo server sees the end, echoes everything, then closes
+        assert await asyncio.wait_for(reader.read(), 5) == payload
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_connections_hold_no_task_once_up(echo_port: int) -> None:
+    async with TcpProxy("127.0.0.1", echo_port) as proxy:
+        before = len(asyncio.all_tasks())
+        streams = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(50)]
+        for reader, writer in streams:
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        # The echo server's handlers are tasks of their own: one per connection, no more.
+        assert len(asyncio.all_tasks()) <= before + 50
+        assert proxy.statistics().active == 50
+        assert proxy.abort_all() == 50
+        for _, writer in streams:
+            writer.close()
+
+
+def test_forwards_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> bytes:
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        try:
+            async with TcpProxy("127.0.0.1", server.sockets[0].getsockname()[1]) as proxy:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                # Sent at once, while the proxy is still connecting to the target.
+                writer.write(bytes(range(256)) * 400)
+                writer.write_eof()
+                echoed = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                await writer.wait_closed()
+                return echoed
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert uvloop.run(scenario()) == bytes(range(256)) * 400

@@ -241,7 +241,47 @@ class UserFailed(Exception):
     """The user cannot go on (a stop code, a session that is gone, a timeout)."""
 
 
-class TypingUser:
+class StreamCheck:
+    """A verified user's stream (module docstring): the whole stream from position 0, and what
+    must follow the marker given what was typed, compared as output arrives."""
+
+    def __init__(self) -> None:
+        self.transcript = bytearray()  # the whole stream from position 0
+        self.expected = bytearray()  # what must follow the marker
+        self.marker_end: int | None = None
+        self.verified = 0  # bytes after the marker checked against ``expected``
+        self._line = bytearray()
+
+    def _expect_typed(self, data: bytes) -> None:
+        # The terminal echoes each key (Enter as \r\n); cat then prints the whole line.
+        for char in data:
+            if char == 13:
+                self.expected += b"\r\n" + self._line + b"\r\n"
+                self._line.clear()
+            else:
+                self.expected.append(char)
+                self._line.append(char)
+
+    def _check_output(self, data: bytes) -> str | None:
+        """Output arrived: append it, compare what follows the marker; what differs, if any."""
+        start = len(self.transcript)
+        self.transcript += data
+        if self.marker_end is None:
+            found = self.transcript.find(MARKER, max(0, start - len(MARKER)))
+            if found < 0:
+                return None
+            self.marker_end = found + len(MARKER)
+        received = self.transcript[self.marker_end + self.verified :]
+        wanted = self.expected[self.verified : self.verified + len(received)]
+        if received != wanted:
+            where = self.marker_end + self.verified
+            got, want = bytes(received)[:40], bytes(wanted)[:40]
+            return f"stream differs at {where}: got {got!r}, expected {want!r}"
+        self.verified += len(received)
+        return None
+
+
+class TypingUser(StreamCheck):
     """A user typing into ``cat`` in its own session; see the module docstring.
 
     Its :class:`ClientProtocol` keeps the position and the input ledger across connections; its
@@ -275,10 +315,7 @@ class TypingUser:
         self.client = client_id()
         self.protocol = ClientProtocol(ClientOptions(project, self.session, self.client))
         self.policy = ReconnectPolicy(time_scale=time_scale)
-        self.transcript = bytearray()  # the whole stream from position 0
-        self.expected = bytearray()  # what must follow the marker
-        self.marker_end: int | None = None
-        self.verified = 0  # bytes after the marker checked against ``expected``
+        StreamCheck.__init__(self)
         self.sent = 0  # bytes typed
         self.failed: str | None = None
         self.exit_code: int | None = None
@@ -288,7 +325,6 @@ class TypingUser:
         self._echoes: deque[tuple[int, float]] = deque()
         self._reader: asyncio.Task[None] | None = None
         self._finishing = False
-        self._line = bytearray()
         self._resumer: asyncio.Task[None] | None = None
 
     @property
@@ -408,33 +444,13 @@ class TypingUser:
                 self._receive_message(item)
 
     def _receive_output(self, data: bytes) -> None:
-        start = len(self.transcript)
-        self.transcript += data
-        if self.marker_end is None:
-            found = self.transcript.find(MARKER, max(0, start - len(MARKER)))
-            if found >= 0:
-                self.marker_end = found + len(MARKER)
-        if self.marker_end is not None:
-            self._verify()
-        self._progress.set()
-
-    def _verify(self) -> None:
-        assert self.marker_end is not None
-        received = self.transcript[self.marker_end + self.verified :]
-        if not received or self.failed:
-            return
-        wanted = self.expected[self.verified : self.verified + len(received)]
-        if received != wanted:
-            where = self.marker_end + self.verified
-            self._fail(
-                f"stream differs at {where}: got {bytes(received)[:40]!r}, "
-                f"expected {bytes(wanted)[:40]!r}"
-            )
-            return
-        self.verified += len(received)
+        problem = self._check_output(data)
+        if problem:
+            self._fail(problem)
         now = time.perf_counter()
         while self._echoes and self._echoes[0][0] < self.verified:
             self.recorder.latency(figures.ECHO, now - self._echoes.popleft()[1])
+        self._progress.set()
 
     def _receive_message(self, message: Ack | Resize | Pong | Exit | Rejected) -> None:
         if isinstance(message, Ack):
@@ -489,16 +505,6 @@ class TypingUser:
             await wire.send(data)
         elif self.protocol.state is not ClientState.ENDED:
             self.protocol.send_input(data)  # held: sent after the next hello
-
-    def _expect_typed(self, data: bytes) -> None:
-        # The terminal echoes each key (Enter as \r\n); cat then prints the whole line.
-        for char in data:
-            if char == 13:
-                self.expected += b"\r\n" + self._line + b"\r\n"
-                self._line.clear()
-            else:
-                self.expected.append(char)
-                self._line.append(char)
 
     async def type_line(self, length: int, pace: tuple[float, float], timeout: float = 30) -> None:
         """Type ``length`` random characters at ``pace`` seconds apart, Enter, await the output."""

@@ -12,18 +12,24 @@ Tests and ``tether check`` put it between a client and a server::
 ``cut`` closes the listening socket, so a connect attempt fails at once with "connection
 refused" (no timeout to wait for). With ``abort_probability`` every forwarded chunk has that
 chance (drawn from the injected ``random``) of aborting its connection, to simulate a flaky network.
+
+Each connection is a pair of :class:`asyncio.Protocol` objects that write what one receives to
+the other's transport: no task and no stream buffer per connection once it is up (a task exists
+only while the target is being connected), so that thousands of connections cost the process
+little (``bench/capacity.py``'s herd cuts 4,000 at once). A side whose peer's write buffer is
+full stops reading until it drains; an end of file is passed on (half close); a side lost
+otherwise aborts both.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random as _random
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-_CHUNK = 65536
+_CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -38,16 +44,88 @@ class ProxyStatistics:
     is_cut: bool
 
 
+class _Side(asyncio.Protocol):
+    """One end of a proxied connection: what it receives goes to the other end's transport."""
+
+    def __init__(self, link: _Link, *, upstream: bool) -> None:
+        self.link = link
+        self.upstream = upstream  # True: the client's end (its bytes go up to the target)
+        self.transport: asyncio.Transport | None = None
+        self.saw_eof = False
+
+    @property
+    def peer(self) -> _Side | None:
+        return self.link.target if self.upstream else self.link.client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport
+        self.link.proxy._opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.link.forward(self, data)
+
+    def eof_received(self) -> bool:
+        self.saw_eof = True
+        if self.link.early is not None:
+            return True  # passed on once the target is connected
+        peer = self.peer
+        if peer is not None and peer.transport is not None and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        if peer is None or peer.saw_eof:
+            self.link.proxy._end(self.link, graceful=True)
+            return False
+        return True  # keep the other direction open
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.proxy._closed(self)
+        # A clean close lets the peer flush what it still has to write; a reset does not.
+        self.link.proxy._end(self.link, graceful=exc is None)
+
+    # The *peer's* reading follows this side's write buffer.
+    def pause_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.transport.is_closing():
+            peer.transport.resume_reading()
+
+
 class _Link:
-    """One proxied connection: the client side and the target side."""
+    """One proxied connection: the client's side and, once connected, the target's side."""
 
-    def __init__(self, client: asyncio.StreamWriter, target: asyncio.StreamWriter) -> None:
-        self.client = client
-        self.target = target
+    def __init__(self, proxy: TcpProxy) -> None:
+        self.proxy = proxy
+        self.client = _Side(self, upstream=True)
+        self.target: _Side | None = None
+        # What the client sent while the target was being connected (None once it is).
+        self.early: list[bytes] | None = []
+        self.ended = False
 
-    def abort(self) -> None:
-        for writer in (self.client, self.target):
-            writer.transport.abort()
+    def forward(self, side: _Side, data: bytes) -> None:
+        if self.early is not None:
+            self.early.append(data)  # the target is being connected: forwarded once it is
+            return
+        proxy, peer = self.proxy, side.peer
+        if proxy.abort_probability and proxy._random() < proxy.abort_probability:
+            proxy._abort(self)
+            return
+        if peer is None or peer.transport is None or peer.transport.is_closing():
+            return
+        peer.transport.write(data)
+        proxy._count(len(data), upstream=side.upstream)
+
+    def abort(self, *, graceful: bool = False) -> None:
+        """Close both ends: at once, or after each has written what it holds."""
+        self.ended = True
+        for side in (self.client, self.target):
+            if side is not None and side.transport is not None:
+                if graceful:
+                    side.transport.close()
+                else:
+                    side.transport.abort()
 
 
 class TcpProxy:
@@ -71,7 +149,9 @@ class TcpProxy:
         self._random = random
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sides: set[_Side] = set()  # every end whose socket is open
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._all_closed: asyncio.Future[None] | None = None
         self._accepted = self._aborted = self._up = self._down = 0
 
     async def __aenter__(self) -> TcpProxy:
@@ -98,7 +178,8 @@ class TcpProxy:
     async def start(self) -> None:
         """Listen (again, on the same port once one was chosen)."""
         if self._server is None:
-            self._server = await asyncio.start_server(self._accept, self.host, self.port)
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(self._accept, self.host, self.port)
             self.port = self._server.sockets[0].getsockname()[1]
 
     async def restore(self) -> None:
@@ -120,14 +201,19 @@ class TcpProxy:
         return len(links)
 
     async def close(self) -> None:
-        """Stop listening, abort everything and wait for the forwarding tasks to end."""
+        """Stop listening, abort everything and wait until every socket is closed."""
         self.cut()
-        tasks = list(self._tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=5)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        for task in list(self._connecting):
+            task.cancel()
+        await asyncio.gather(*self._connecting, return_exceptions=True)
+        if self._sides:
+            self._all_closed = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._all_closed, _CLOSE_TIMEOUT)
+            except TimeoutError:
+                pass
+            finally:
+                self._all_closed = None
 
     def statistics(self) -> ProxyStatistics:
         """A snapshot of the counters."""
@@ -137,55 +223,48 @@ class TcpProxy:
 
     # -- forwarding --------------------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._forward(reader, writer)
-        except asyncio.CancelledError:
-            writer.transport.abort()  # close() gave up waiting: end quietly, asyncio logs otherwise
-        finally:
-            self._tasks.discard(task)
-
-    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self) -> _Side:
         self._accepted += 1
-        try:
-            target_reader, target_writer = await asyncio.open_connection(
-                self.target_host, self.target_port
-            )
-        except OSError:
-            writer.transport.abort()
-            return
-        link = _Link(writer, target_writer)
-        self._links.add(link)
-        try:
-            await asyncio.gather(
-                self._pump(reader, target_writer, link, upstream=True),
-                self._pump(target_reader, writer, link, upstream=False),
-            )
-        finally:
-            self._links.discard(link)
-            link.abort()
+        return _Link(self).client
 
-    async def _pump(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        link: _Link,
-        *,
-        upstream: bool,
-    ) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(_CHUNK):
-                if self.abort_probability and self._random() < self.abort_probability:
-                    self._abort(link)
-                    return
-                writer.write(data)
-                await writer.drain()
-                self._count(len(data), upstream=upstream)
-            if writer.can_write_eof():
-                writer.write_eof()
+    def _opened(self, side: _Side) -> None:
+        self._sides.add(side)
+        if side.upstream:
+            task = asyncio.get_running_loop().create_task(self._connect(side.link))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, link: _Link) -> None:
+        loop = asyncio.get_running_loop()
+        target = _Side(link, upstream=False)
+        link.target = target
+        try:
+            await loop.create_connection(lambda: target, self.target_host, self.target_port)
+        except OSError:
+            link.abort()
+            return
+        except asyncio.CancelledError:
+            link.abort()
+            raise
+        client = link.client.transport
+        if link.ended or client is None or client.is_closing():
+            link.abort()
+            return
+        self._links.add(link)
+        early, link.early = link.early or [], None
+        for data in early:
+            link.forward(link.client, data)
+        if link.client.saw_eof:
+            link.client.eof_received()
+
+    def _closed(self, side: _Side) -> None:
+        self._sides.discard(side)
+        if not self._sides and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
+
+    def _end(self, link: _Link, *, graceful: bool) -> None:
+        self._links.discard(link)
+        link.abort(graceful=graceful)
 
     def _count(self, size: int, *, upstream: bool) -> None:
         if upstream:
@@ -195,6 +274,5 @@ class TcpProxy:
 
     def _abort(self, link: _Link) -> None:
         if link in self._links:
-            self._links.discard(link)
             self._aborted += 1
-        link.abort()
+        self._end(link, graceful=False)
