@@ -2,11 +2,17 @@
 sd_listen_fds(3); docs/architecture.md, "Surviving the server process").
 
 The service side: :func:`notify` sends ``READY=1``, ``FDSTORE=1`` + ``FDNAME=`` with fds
-(``SCM_RIGHTS``) and ``FDSTOREREMOVE=1`` as datagrams to ``$NOTIFY_SOCKET``;
-:func:`listen_fds` takes the stored fds back from ``LISTEN_FDS``/``LISTEN_FDNAMES`` (fds from
-3 on, checked against ``LISTEN_PID``). The manager side, :class:`FdStore`, is what
+(``SCM_RIGHTS``) and ``FDSTOREREMOVE=1`` as datagrams to ``$NOTIFY_SOCKET`` (from one socket,
+kept open); :func:`listen_fds` takes the stored fds back from ``LISTEN_FDS``/``LISTEN_FDNAMES``
+(fds from 3 on, checked against ``LISTEN_PID``). The manager side, :class:`FdStore`, is what
 :mod:`tether.server.supervisor` (and a test playing systemd) runs: it keeps the fds it is sent
 and hands them to the next process the same way systemd does.
+
+tether's extension: systemd names every fd of one message alike, so storing a session's master
+and state memfd (two names), or removing the entries of many sessions, takes a message per
+name. A manager that says so (:data:`NAMES_ENV` in the service's environment: tether's
+supervisor) also reads :data:`NAMES_VARIABLE`, one name per fd (or per entry to remove), and
+:func:`store_entries` / :func:`remove_names` then send one message where systemd needs many.
 """
 
 from __future__ import annotations
@@ -21,8 +27,13 @@ from dataclasses import dataclass, field
 
 LISTEN_FDS_START = 3
 _MAX_FDS_PER_MESSAGE = 253  # SCM_MAX_FD
-_MAX_DATAGRAM = 4096
+_MAX_DATAGRAM = 65536
+_MAX_NAMES_TEXT = 32768  # bytes of names in one message (well within the datagram)
 LEASE_VARIABLE = "X_TETHER_LEASE"
+# tether's own variables (systemd ignores unknown ones): names, one per fd, ":"-separated ...
+NAMES_VARIABLE = "X_TETHER_FDNAMES"
+# ... read by a manager that sets this in the service's environment to "1"
+NAMES_ENV = "TETHER_FDSTORE_NAMES"
 
 
 # ----------------------------------------------------------------------------- service side
@@ -34,21 +45,26 @@ def notify_socket_address(environ: Mapping[str, str]) -> str | None:
     return "\0" + path[1:] if path.startswith("@") else path
 
 
+_sender: socket.socket | None = None  # made at the first notification, kept (close-on-exec)
+
+
 def notify(message: str, fds: Sequence[int] = (), environ: Mapping[str, str] = os.environ) -> bool:
     """Send one notification (``KEY=value`` lines); False when there is no notify socket or
     the manager is gone (the caller carries on: without a manager there is no store)."""
+    global _sender
     address = notify_socket_address(environ)
     if address is None:
         return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        ancillary = []
-        if fds:
-            rights = array.array("i", fds).tobytes()
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]
-        try:
-            sock.sendmsg([message.encode()], ancillary, 0, address)
-        except OSError:
-            return False
+    if _sender is None:
+        _sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    ancillary = []
+    if fds:
+        rights = array.array("i", fds).tobytes()
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)]
+    try:
+        _sender.sendmsg([message.encode()], ancillary, 0, address)
+    except OSError:
+        return False
     return True
 
 
@@ -60,6 +76,59 @@ def store(name: str, fds: Sequence[int]) -> bool:
 def remove(name: str) -> bool:
     """Drop every fd stored under ``name``."""
     return notify(f"FDSTOREREMOVE=1\nFDNAME={name}")
+
+
+def reads_names(environ: Mapping[str, str] = os.environ) -> bool:
+    """The manager reads :data:`NAMES_VARIABLE` (tether's supervisor says so; systemd not)."""
+    return environ.get(NAMES_ENV) == "1"
+
+
+def store_entries(
+    entries: Sequence[tuple[str, int]], environ: Mapping[str, str] = os.environ
+) -> bool:
+    """Keep each ``(name, fd)``: in one message where the manager reads a name per fd, else
+    one per name (consecutive entries of one name go together). False if any send failed."""
+    if not reads_names(environ):
+        groups: list[tuple[str, list[int]]] = []
+        for name, fd in entries:
+            if groups and groups[-1][0] == name:
+                groups[-1][1].append(fd)
+            else:
+                groups.append((name, [fd]))
+        return all([store(name, fds) for name, fds in groups])
+    sent = True
+    for cut in _batches([name for name, _ in entries], _MAX_FDS_PER_MESSAGE):
+        names = ":".join(name for name, _ in entries[cut])
+        fds = [fd for _, fd in entries[cut]]
+        sent &= notify(f"FDSTORE=1\n{NAMES_VARIABLE}={names}", fds, environ)
+    return sent
+
+
+def remove_names(names: Sequence[str], environ: Mapping[str, str] = os.environ) -> bool:
+    """Drop every fd stored under each of ``names``: in one message where the manager reads
+    :data:`NAMES_VARIABLE`, else one per name."""
+    if not reads_names(environ):
+        return all([remove(name) for name in names])
+    sent = True
+    for cut in _batches(names, len(names)):
+        text = ":".join(names[cut])
+        sent &= notify(f"FDSTOREREMOVE=1\n{NAMES_VARIABLE}={text}", (), environ)
+    return sent
+
+
+def _batches(names: Sequence[str], most: int) -> list[slice]:
+    """``names`` cut into runs of at most ``most`` names and :data:`_MAX_NAMES_TEXT` bytes."""
+    cuts: list[slice] = []
+    start, size = 0, 0
+    for index, name in enumerate(names):
+        cost = len(name) + 1
+        if index > start and (index - start >= most or size + cost > _MAX_NAMES_TEXT):
+            cuts.append(slice(start, index))
+            start, size = index, 0
+        size += cost
+    if start < len(names):
+        cuts.append(slice(start, len(names)))
+    return cuts
 
 
 def listen_fds(environ: MutableMapping[str, str]) -> list[tuple[str, int]]:
@@ -109,22 +178,30 @@ class FdStore:
     def handle(self, message: str, fds: list[int]) -> None:
         fields = dict(line.partition("=")[::2] for line in message.splitlines() if "=" in line)
         name = fields.get("FDNAME", "stored")
+        # tether's extension: a name per fd (or per entry to remove) instead of one for all
+        names = fields[NAMES_VARIABLE].split(":") if NAMES_VARIABLE in fields else None
         if fields.get("READY") == "1":
             self.ready = True
         if LEASE_VARIABLE in fields:
             self.lease_reports.append(fields[LEASE_VARIABLE])
         if fields.get("FDSTOREREMOVE") == "1":
-            self.discard(name)
-        if fields.get("FDSTORE") == "1" and ":" not in name:
-            self.entries.extend((name, fd) for fd in fds)
-            fds = []
-        for fd in fds:  # sent without FDSTORE=1: not ours to keep
+            self.discard(*(names if names is not None else [name]))
+        if fields.get("FDSTORE") == "1":
+            labels = names if names is not None else [name] * len(fds)
+            pairs = zip(labels, fds, strict=False)  # fds beyond the names: not kept
+            kept = [(label, fd) for label, fd in pairs if label and ":" not in label]
+            self.entries.extend(kept)
+            taken = {fd for _, fd in kept}
+            fds = [fd for fd in fds if fd not in taken]
+        for fd in fds:  # sent without FDSTORE=1 or without a usable name: not ours to keep
             os.close(fd)
 
-    def discard(self, name: str) -> None:
+    def discard(self, *names: str) -> None:
+        """Close and forget every fd stored under any of ``names``."""
+        gone = set(names)
         kept = []
         for entry in self.entries:
-            if entry[0] == name:
+            if entry[0] in gone:
                 with contextlib.suppress(OSError):
                     os.close(entry[1])
             else:

@@ -15,17 +15,22 @@ import errno
 import fcntl
 import grp
 import os
+import shutil
 import signal
 import struct
 import termios
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tether.errors import OutOfResources, SpawnError
 
 READ_CHUNK = 65536
 _SPAWN_LOCK = threading.Lock()
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.unlockpt.argtypes = [ctypes.c_int]
+_libc.ptsname_r.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
 _subreaper = False  # set by become_subreaper(): orphans of our shells are then our children
 _shells: set[int] = set()  # shells spawned here and not yet reaped (each leads its own session)
 _ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
@@ -126,28 +131,55 @@ def spawn(
     then given to it (group ``tty``, mode 620, as login does), so that its programs can reopen
     their terminal by name and no other account can.
     """
-    try:
-        master, slave = os.openpty()
-    except OSError as exc:
-        raise _out_of_resources(exc) from exc
+    master, slave_path = _open_master()
     try:
         if terminal_owner is not None:
-            _give_terminal(slave, terminal_owner)
-        os.set_blocking(master, False)
+            _give_terminal(slave_path, terminal_owner)
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        slave_path = os.ttyname(slave)
         pid = _posix_spawn_in(argv, cwd, env, slave_path)
     except BaseException:
         os.close(master)
         raise
-    finally:
-        os.close(slave)
     _shells.add(pid)
     try:
         pidfd = os.pidfd_open(pid)
-    except OSError:
-        pidfd = -1
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            pidfd = -1  # gone already: its end is seen on the master
+        else:  # the last fd went to the master: the machine is full, do not start
+            _abandon(pid, master)
+            raise _out_of_resources(exc) from exc
     return PtyProcess(pid=pid, fd=master, pidfd=pidfd)
+
+
+def _open_master() -> tuple[int, str]:
+    """A new PTY's master (non-blocking) and the path of its slave, which only the shell opens:
+    no slave fd here to close, and one system call each for the unlock and the name."""
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _out_of_resources(exc) from exc
+    name = ctypes.create_string_buffer(64)
+    failed = _libc.unlockpt(master) or _libc.ptsname_r(master, name, len(name))
+    if failed:
+        os.close(master)
+        raise _out_of_resources(OSError(ctypes.get_errno(), "cannot unlock the PTY"))
+    return master, os.fsdecode(name.value)
+
+
+def _abandon(pid: int, master: int) -> None:
+    """Kill and reap a shell just started, and close its master (the session is refused)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    _shells.discard(pid)
+    os.close(master)
+
+
+def is_running_shell(pid: int) -> bool:
+    """True while ``pid`` is a shell spawned or adopted here whose end has not been seen."""
+    return pid in _shells
 
 
 def adopt(pid: int, fd: int) -> PtyProcess:
@@ -169,7 +201,7 @@ def window_size(fd: int) -> tuple[int, int]:
     return max(cols, 1), max(rows, 1)
 
 
-def _give_terminal(slave: int, uid: int) -> None:
+def _give_terminal(slave: str, uid: int) -> None:
     try:
         tty_group = grp.getgrnam("tty").gr_gid
     except KeyError:
@@ -177,8 +209,8 @@ def _give_terminal(slave: int, uid: int) -> None:
     # Without CAP_CHOWN (a non-root server) the terminal stays ours: no other account can open
     # it by name either, only the shell's programs cannot reopen it so.
     with contextlib.suppress(PermissionError):
-        os.fchown(slave, uid, tty_group)
-        os.fchmod(slave, 0o620)
+        os.chown(slave, uid, tty_group)
+        os.chmod(slave, 0o620)
 
 
 def _posix_spawn_in(argv: Sequence[str], cwd: str, env: Mapping[str, str], slave: str) -> int:
@@ -189,6 +221,7 @@ def _posix_spawn_in(argv: Sequence[str], cwd: str, env: Mapping[str, str], slave
         (os.POSIX_SPAWN_DUP2, 0, 1),
         (os.POSIX_SPAWN_DUP2, 0, 2),
     ]
+    program = _program_path(argv[0])
     with _SPAWN_LOCK:
         previous = os.getcwd()
         try:
@@ -196,21 +229,58 @@ def _posix_spawn_in(argv: Sequence[str], cwd: str, env: Mapping[str, str], slave
         except OSError as exc:
             raise SpawnError(f"cannot enter directory {cwd}: {exc.strerror}") from exc
         try:
-            return os.posix_spawnp(
-                argv[0],
-                list(argv),
-                dict(env),
-                file_actions=actions,
-                setsid=True,
-                setsigmask=(),
-                setsigdef=_ALL_SIGNALS,
-            )
+            if program is not None:
+                try:
+                    return _posix_spawn(os.posix_spawn, program, argv, env, actions)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ENOEXEC):
+                        raise
+                    _programs.clear()  # moved since it was found, or a script: as before
+            return _posix_spawn(os.posix_spawnp, argv[0], argv, env, actions)
         except OSError as exc:
             if exc.errno in _RESOURCE_ERRORS:
                 raise _out_of_resources(exc) from exc
             raise SpawnError(f"cannot start {argv[0]}: {exc.strerror}") from exc
         finally:
             os.chdir(previous)
+
+
+def _posix_spawn(
+    call: Callable[..., int],
+    program: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    actions: list[tuple[Any, ...]],
+) -> int:
+    # Every signal back to its default (ignored ones survive exec): one sigaction each in the
+    # child, cheaper than glibc's own check of each (a query, then maybe a set).
+    return call(
+        program,
+        list(argv),
+        env if isinstance(env, dict) else dict(env),
+        file_actions=actions,
+        setsid=True,
+        setsigmask=(),
+        setsigdef=_ALL_SIGNALS,
+    )
+
+
+_programs: dict[tuple[str, str | None], str | None] = {}
+
+
+def _program_path(name: str) -> str | None:
+    """Where ``posix_spawnp`` would find ``name`` on our ``PATH``, found once: it would try
+    every directory before it in the child, at each spawn (None: let it search)."""
+    if "/" in name:
+        return None
+    key = (name, os.environ.get("PATH"))
+    if key not in _programs:
+        if len(_programs) >= 64:
+            _programs.clear()
+        found = shutil.which(name, os.X_OK, key[1] if key[1] is not None else os.defpath)
+        # A relative directory on PATH is searched from the shell's directory: not cached.
+        _programs[key] = found if found is not None and os.path.isabs(found) else None
+    return _programs[key]
 
 
 # A full machine rather than a broken shell: no PTY (ENOSPC), fd (EMFILE, ENFILE) or process.

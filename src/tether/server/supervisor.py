@@ -218,6 +218,7 @@ class Supervisor:
             "NOTIFY_SOCKET": self.notify_path,
             SUPERVISED_ENV: "1",
             SUPERVISOR_PID_ENV: str(os.getpid()),
+            fdstore.NAMES_ENV: "1",  # FdStore reads a name per fd: fewer messages
         }
         path = shutil.which(self.command[0]) or self.command[0]
         pid = os.fork()

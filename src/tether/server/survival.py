@@ -2,8 +2,11 @@
 kernel, in the file-descriptor store of systemd or of :mod:`tether.server.supervisor`
 (docs/architecture.md, "Surviving the server process").
 
-Per session, two fds are stored: the PTY master (``pty.<session>.<project>``: while any process
-holds it, the shell gets no hang-up) and a memfd of state (``state.<…>``) laid out as
+Per session, two fds are stored (one message under tether's supervisor, before ``connect``
+returns; removed at once when a session ends with its shell running, at the end of the loop
+iteration, with the others that ended in it, when its shell exited): the PTY master
+(``pty.<session>.<project>``: while any process holds it, the shell gets no hang-up) and a
+memfd of state (``state.<…>``) laid out as
 
     slot A | slot B      (32 KiB each) the record: facts, input counts per client, ring head
     ring                 (buffer_size bytes) the output, byte ``p`` at ``RING_BASE + p % size``
@@ -62,14 +65,18 @@ class SessionState:
     """A session's crash-survival memfd, kept current by the session (its observer)."""
 
     def __init__(self, session: Session, capacity: int, fd: int | None = None) -> None:
-        if fd is None:
+        if fd is None:  # a new one: empty, of this capacity
             fd = _new_memfd("tether-session", RING_BASE + capacity)
+            self._sequence = 0
+        else:
+            # A memfd taken over (upgrade, crash) goes on from its newest slot: a reader picks
+            # the highest sequence number, so starting again from 0 would leave a stale slot
+            # the winner. Its size is as made: the buffer size may have changed since.
+            capacity = os.fstat(fd).st_size - RING_BASE
+            self._sequence = _latest_sequence(fd)
         self.state_fd = fd
-        self.capacity = os.fstat(fd).st_size - RING_BASE  # as made: the buffer size may change
+        self.capacity = capacity
         self.store_name = _name(session.info.key)
-        # A memfd taken over (upgrade, crash) goes on from its newest slot: a reader picks the
-        # highest sequence number, so starting again from 0 would leave a stale slot the winner.
-        self._sequence = _latest_sequence(fd)
         self._facts = b""
         self._record: dict[str, Any] = {}
         self._tail_seen: tuple[object, bool] | None = None  # (modes, mid-sequence) last written
@@ -299,8 +306,14 @@ def _keep(session: Session, capacity: int, state_fd: int | None = None) -> None:
     session.observer = state
     _states[session.info.key] = state
     if state_fd is None:
-        fdstore.store("pty." + state.store_name, [session.process.fd])
-        fdstore.store("state." + state.store_name, [state.state_fd])
+        # Removals still pending go first: one of them may be an ended session of this key.
+        _send_removals()
+        # Now, not batched with other sessions' (as removals are): the front sends the hello
+        # as soon as this returns, and a client told of a session must find it after a crash.
+        # Under tether's supervisor the master and the state memfd go in one message.
+        name = state.store_name
+        entries = [("pty." + name, session.process.fd), ("state." + name, state.state_fd)]
+        fdstore.store_entries(entries)
 
 
 def _forget(session: Session) -> None:
@@ -308,9 +321,31 @@ def _forget(session: Session) -> None:
     if state is None:
         return
     session.observer = None
-    fdstore.remove("pty." + state.store_name)
-    fdstore.remove("state." + state.store_name)
+    first = not _pending_removals
+    _pending_removals.extend(("pty." + state.store_name, "state." + state.store_name))
+    if pty.is_running_shell(session.process.pid):
+        # Killed (or reaped, fenced, shut down) with its shell running: the store's copy of
+        # the master goes now, or a crash before it would bring the session back.
+        _send_removals()
+    elif first:
+        # Its shell is gone: a crash before the removal only has the next worker adopt a
+        # session that ends at once. The removals of every session that exits in this loop
+        # iteration go together at its end (one message under tether's supervisor).
+        try:
+            asyncio.get_running_loop().call_soon(_send_removals)
+        except RuntimeError:  # no loop (a synchronous caller): now
+            _send_removals()
     state.close()
+
+
+_pending_removals: list[str] = []
+
+
+def _send_removals() -> None:
+    if _pending_removals:
+        names = list(_pending_removals)
+        _pending_removals.clear()
+        fdstore.remove_names(names)
 
 
 def handed_over() -> None:
@@ -334,7 +369,9 @@ _inheritable_extra: list[int] = []  # the exit reports' fd
 
 def inheritable_fds() -> list[int]:
     """The fds an upgrade's exec must keep besides the masters: the state memfds (and the
-    supervisor's exit reports)."""
+    supervisor's exit reports). The store removals still pending are sent now: the exec
+    follows."""
+    _send_removals()
     return [state.state_fd for state in _states.values()] + _inheritable_extra
 
 
