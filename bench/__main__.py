@@ -56,7 +56,9 @@ async def run_workload(
 ) -> dict[str, Any]:
     pythons = dict(item.split("=", 1) for item in args.python)
     extra = {n: tuple(a.split()) for n, a in (item.split("=", 1) for item in args.serve_args)}
-    target = make_target(target_name, shell=args.shell, pythons=pythons, extra_args=extra)
+    target = make_target(
+        target_name, shell=args.shell, pythons=pythons, extra_args=extra, client=args.client
+    )
     await target.start()
     try:
         kwargs = {k: v for k, v in sizes.items() if k in workload.__code__.co_varnames}
@@ -184,6 +186,13 @@ def main() -> None:
     parser.add_argument("--plot", default="")
     parser.add_argument(
         "--shell", default=SHELL, help=f"the shell every target starts (default: {SHELL})"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("aiohttp", "light", "raw"),
+        default="aiohttp",
+        help="the client of the links: aiohttp's, the herd's light one (bench/herd.py), or "
+        "frames written by hand on the socket",
     )
     args = parser.parse_args()
     result = asyncio.run(bench(args))

@@ -1,6 +1,8 @@
 """Surviving the server process: upgrade downtime, crash recovery, and what crash safety costs.
 
     .venv/bin/python -m bench.survival [--sessions 200] [--echoes 2000] [--megabytes 64]
+        [--skip-steady] [--only upgrade|crash] [--server-path OTHER/src]
+        [--client light|aiohttp]
 
 - **upgrade**: N sessions, each with a connected client; SIGUSR2 to the worker; every client
   resumes at once on its 1012 with its offset. Downtime per client = from the signal (so the
@@ -92,6 +94,61 @@ class Client:
             await self.ws.close()
 
 
+class LightClient:
+    """:class:`Client` over the herd's light wire (``--client light``, the default): an asyncio
+    protocol per connection, no aiohttp session and no task while it waits, so that 1,000 of
+    them resuming at once cost the bench little of the two cores the server needs."""
+
+    def __init__(self, host: str, port: int, index: int) -> None:
+        self.host, self.port, self.client_id = host, port, f"bench-{index:05d}-client"
+        self.session: str | None = None
+        self.position = 0
+        self.wire: Any = None
+        self.closed_at = 0.0
+        self.resumed_at = 0.0
+        self.gap = -1
+        self.resuming = False
+        self.finished = False
+        self.hello: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def open(self) -> asyncio.Future[None]:
+        from bench.herd import _open  # bench.herd imports the workloads: import when used
+
+        query = {"project": "default", "client": self.client_id}
+        if self.session:
+            query |= {"session": self.session, "offset": str(self.position), "create": "0"}
+        if self.hello.done():
+            self.hello = asyncio.get_running_loop().create_future()
+        self.wire = _open(self, query, self.host, self.port)  # type: ignore[arg-type]
+        return self.hello
+
+    def on_text(self, _wire: Any, text: str) -> None:
+        message = json.loads(text)
+        if message.get("type") == "hello" and not self.hello.done():
+            self.session, self.gap = message["session"], message["gap"]
+            self.position = message["replay_from"]
+            if self.resuming:
+                self.resumed_at = time.perf_counter()
+            self.hello.set_result(None)
+
+    def on_output(self, _wire: Any, data: bytes) -> None:
+        self.position += len(data)
+
+    def on_closed(self, _wire: Any, _code: int, _reason: str) -> None:
+        if self.finished:
+            return
+        if not self.hello.done():  # refused, or the server not back yet: try again shortly
+            asyncio.get_running_loop().call_later(0.01, self.open)
+        elif not self.resuming:  # the 1012 (or the crash): resume at once
+            self.resuming, self.closed_at = True, time.perf_counter()
+            self.open()
+
+    async def close(self) -> None:
+        self.finished = True
+        if self.wire is not None:
+            self.wire.close()
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
@@ -99,9 +156,15 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "max_ms": round(1000 * ordered[-1], 1)}  # fmt: skip
 
 
-async def _outage(sessions: int, crash: bool) -> dict[str, Any]:
-    srv = ServerProcess(args=("--max-sessions", str(sessions + 10)), supervise=crash).start()
+async def _outage(
+    sessions: int, crash: bool, server_path: str | None = None, light: bool = True
+) -> dict[str, Any]:
+    env = {"PYTHONPATH": server_path} if server_path else None
+    args = ("--max-sessions", str(sessions + 10))
+    srv = ServerProcess(args=args, supervise=crash, env=env).start()
     try:
+        if light:
+            return await _light_outage(srv, sessions, crash)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             clients = [Client(srv.ws_url, i) for i in range(sessions)]
             for start in range(0, sessions, 50):
@@ -128,13 +191,36 @@ async def _outage(sessions: int, crash: bool) -> dict[str, Any]:
         srv.cleanup()
 
 
+async def _light_outage(srv: ServerProcess, sessions: int, crash: bool) -> dict[str, Any]:
+    clients = [LightClient("127.0.0.1", srv.port, i) for i in range(sessions)]
+    for start in range(0, sessions, 50):
+        await asyncio.gather(*(c.open() for c in clients[start : start + 50]))
+    worker = (await asyncio.to_thread(_stats, srv.base_url))["server"]["pid"]
+    signalled = time.perf_counter()
+    os.kill(worker, signal.SIGKILL if crash else signal.SIGUSR2)
+    back = await _wait_for(srv.base_url, 2, sessions)
+    while not all(c.resumed_at for c in clients):
+        await asyncio.sleep(0.01)
+    figures = {
+        "sessions": sessions,
+        "client": "light",
+        "port_and_sessions_back_s": round(back, 3),
+        "from_signal": _percentiles([c.resumed_at - signalled for c in clients]),
+        "from_close": _percentiles([c.resumed_at - c.closed_at for c in clients]),
+        "gap_nonzero": sum(1 for c in clients if c.gap != 0),
+        "phases_from_signal_s": _phases(srv, time.time() - (time.perf_counter() - signalled)),
+    }
+    await asyncio.gather(*(c.close() for c in clients))
+    return figures
+
+
 def _phases(srv: ServerProcess, signalled_wall: float) -> dict[str, float]:
     """When the server logged each step of the upgrade or recovery, from the signal."""
     phases: dict[str, float] = {}
     for line in srv.log_file.read_text().splitlines():
         entry = json.loads(line)
         name = entry["event"] + (f":{entry['step']}" if "step" in entry else "")
-        if name in ("upgrade:checked", "upgrade:exec", "adopt", "listen"):
+        if name in ("upgrade:checked", "upgrade:closed", "upgrade:exec", "adopt", "listen"):
             stamp = datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
             if stamp >= signalled_wall - 0.01:
                 phases.setdefault(name, round(stamp - signalled_wall, 3))
@@ -191,11 +277,25 @@ async def main() -> None:
     parser.add_argument("--echoes", type=int, default=2000)
     parser.add_argument("--megabytes", type=int, default=64)
     parser.add_argument("--skip-steady", action="store_true")
+    parser.add_argument("--only", choices=("upgrade", "crash"), default=None)
+    parser.add_argument(
+        "--server-path", default=None, help="run the server from this src/ (A/B against a copy)"
+    )
+    parser.add_argument(
+        "--client",
+        choices=("light", "aiohttp"),
+        default="light",
+        help="the outage's clients: the herd's light wire (default), or aiohttp's (earlier rounds)",
+    )
     options = parser.parse_args()
     results: dict[str, Any] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0]}
+    kinds = [options.only] if options.only else ["upgrade", "crash"]
     for count in options.sessions:
-        results[f"upgrade_{count}"] = await _outage(count, crash=False)
-        results[f"crash_{count}"] = await _outage(count, crash=True)
+        for kind in kinds:
+            crash = kind == "crash"
+            results[f"{kind}_{count}"] = await _outage(
+                count, crash, options.server_path, light=options.client == "light"
+            )
     if not options.skip_steady:
         for supervised in (False, True, False, True):  # interleaved: the machine is shared
             key = "steady_supervised" if supervised else "steady_no_supervise"

@@ -15,6 +15,7 @@ piece of client code for all three.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -26,11 +27,18 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import psutil
 
 from tether.client import websocket_url
+
+try:  # websockets' C unmasking (its pure-Python one where the extension is not built)
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask
+from tether.protocol.messages import SUBPROTOCOL
 from tether.server import pty
 from tether.tools.embedded import SHELL, EmbeddedServer
 from tether.tools.loaduser import Refused, Wire, new_http, session_id
@@ -93,6 +101,172 @@ class TerminadoLink(Link):
             await asyncio.wait_for(self.ws.close(), 5)
 
 
+class LightLink(Link):
+    """Either server through the herd's light client (``--client light``: an asyncio protocol
+    over ``websockets``' sans-I/O client, :class:`bench.herd.LightWire`). The same client for
+    both servers, and far less of the measured time than aiohttp's: what a latency figure then
+    measures is mostly the server and the kernel, as with a browser's native client."""
+
+    def __init__(self, terminado: bool) -> None:
+        self.terminado = terminado
+        self.chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.wire: Any = None
+
+    @classmethod
+    async def open(cls, url: str, terminado: bool) -> LightLink:
+        from bench.herd import LightWire  # bench.herd imports the workloads, which import this
+
+        link = cls(terminado)
+        parsed = urlsplit(url)
+        link.wire = LightWire(link, url)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        await loop.create_connection(lambda: link.wire, parsed.hostname, parsed.port)
+        return link
+
+    # what the wire reports
+    def on_output(self, _wire: Any, data: bytes) -> None:
+        self.chunks.put_nowait(data)
+
+    def on_text(self, _wire: Any, text: str) -> None:
+        if self.terminado:
+            kind, *rest = json.loads(text)
+            if kind == "stdout":
+                self.chunks.put_nowait(str(rest[0]).encode())
+            elif kind == "disconnect":
+                self.chunks.put_nowait(None)
+
+    def on_closed(self, _wire: Any, _code: int, _reason: str) -> None:
+        self.chunks.put_nowait(None)
+
+    # the Link
+    async def send(self, data: bytes) -> None:
+        self.wire.send(json.dumps(["stdin", data.decode()]) if self.terminado else data)
+
+    async def receive(self) -> bytes:
+        chunk = await self.chunks.get()
+        if chunk is None:
+            self.chunks.put_nowait(None)
+            raise EOFError("closed")
+        return chunk
+
+    async def close(self) -> None:
+        self.wire.close()
+
+
+class RawLink(Link):
+    """Either server through a client written by hand (``--client raw``): the handshake and the
+    frames on a non-blocking socket (``loop.sock_*``), no protocol object, no task. Next to none
+    of the measured time is then the client's: the figure is the server's and the kernel's."""
+
+    def __init__(self, sock: socket.socket, terminado: bool, buffered: bytes) -> None:
+        self.sock = sock
+        self.terminado = terminado
+        self.buffer = bytearray(buffered)
+        self.closed = False
+
+    @classmethod
+    async def open(cls, url: str, terminado: bool, subprotocol: str | None = None) -> RawLink:
+        parts, loop = urlsplit(url), asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await loop.sock_connect(sock, (parts.hostname or "127.0.0.1", parts.port or 80))
+            key = base64.b64encode(os.urandom(16)).decode()
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            offer = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
+            request = (
+                f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{offer}\r\n"
+            )
+            await loop.sock_sendall(sock, request.encode())
+            received = b""
+            while b"\r\n\r\n" not in received:
+                chunk = await loop.sock_recv(sock, 65536)
+                if not chunk:
+                    raise ConnectionError("closed during the upgrade")
+                received += chunk
+        except BaseException:
+            sock.close()
+            raise
+        head, _, rest = received.partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            sock.close()
+            raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
+        return cls(sock, terminado, rest)
+
+    def _next_frame(self) -> tuple[int, bytes] | None:
+        """The next whole (unmasked, unfragmented) server frame in the buffer, if one is."""
+        buffer = self.buffer
+        if len(buffer) < 2:
+            return None
+        length, at = buffer[1] & 0x7F, 2
+        if length == 126:
+            if len(buffer) < 4:
+                return None
+            length, at = int.from_bytes(buffer[2:4], "big"), 4
+        elif length == 127:
+            if len(buffer) < 10:
+                return None
+            length, at = int.from_bytes(buffer[2:10], "big"), 10
+        if len(buffer) < at + length:
+            return None
+        opcode, payload = buffer[0] & 0x0F, bytes(buffer[at : at + length])
+        del buffer[: at + length]
+        return opcode, payload
+
+    async def receive(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            frame = self._next_frame()
+            if frame is None:
+                chunk = await loop.sock_recv(self.sock, 65536)
+                if not chunk:
+                    break
+                self.buffer += chunk
+                continue
+            opcode, payload = frame
+            if opcode == 0x8:
+                break
+            if opcode == 0x9:
+                await self._send(0xA, payload)
+            elif opcode == 0x2 and not self.terminado:
+                return payload
+            elif opcode == 0x1 and self.terminado:
+                kind, *rest = json.loads(payload)
+                if kind == "stdout":
+                    return str(rest[0]).encode()
+                if kind == "disconnect":
+                    break
+        self.closed = True
+        raise EOFError("closed")
+
+    async def _send(self, opcode: int, payload: bytes) -> None:
+        length = len(payload)
+        if length < 126:
+            header = bytes([0x80 | opcode, 0x80 | length])
+        elif length < 65536:
+            header = bytes([0x80 | opcode, 0x80 | 126]) + length.to_bytes(2, "big")
+        else:
+            header = bytes([0x80 | opcode, 0x80 | 127]) + length.to_bytes(8, "big")
+        mask = os.urandom(4)
+        masked = apply_mask(payload, mask)
+        await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+
+    async def send(self, data: bytes) -> None:
+        if self.terminado:
+            await self._send(0x1, json.dumps(["stdin", data.decode()]).encode())
+        else:
+            await self._send(0x2, data)
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError):
+            await self._send(0x8, (1000).to_bytes(2, "big"))
+        self.closed = True
+        self.sock.close()
+
+
 class PtyLink(Link):
     """The floor: the shell's PTY master read directly by this process."""
 
@@ -148,6 +322,7 @@ class Target:
 
     name = "?"
     replays = True  # a re-attach gets buffered output
+    client = "aiohttp"  # or "light": the client the links use (--client)
 
     async def start(self) -> None: ...
 
@@ -208,6 +383,12 @@ class TetherTarget(Target):
         params = {"project": "default", "session": name or session_id()}
         if name is not None:
             params |= {"create": "0", "offset": "0"}
+        if self.client == "light":
+            link = await LightLink.open(f"{self.url}?{urlencode(params)}", terminado=False)
+            return link, params["session"]
+        if self.client == "raw":
+            url = f"{self.url}?{urlencode(params)}"
+            return await RawLink.open(url, False, SUBPROTOCOL), params["session"]
         wire = await Wire.open(self.http, self.url, params, timeout=60)
         if isinstance(wire, Refused):
             raise ConnectionError(f"tether refused: {wire.code} {wire.reason}")
@@ -327,6 +508,10 @@ class TerminadoTarget(Target):
         if name is None:
             self.counter += 1
             name = f"t{self.counter}x{os.urandom(4).hex()}"
+        if self.client == "light":
+            return await LightLink.open(self.url + name, terminado=True), name
+        if self.client == "raw":
+            return await RawLink.open(self.url + name, terminado=True), name
         ws = await self.http.ws_connect(self.url + name, max_msg_size=0, timeout=60)
         return TerminadoLink(ws), name
 
@@ -376,17 +561,22 @@ def make_target(
     shell: str = SHELL,
     pythons: dict[str, str] | None = None,
     extra_args: dict[str, tuple[str, ...]] | None = None,
+    client: str = "aiohttp",
 ) -> Target:
     """``tether``, ``asgi``, ``terminado``, ``pty``, or a tether variant named by
     ``--python NAME=PATH`` (another venv's tether: bench/baseline.sh) and/or
     ``--serve-args NAME=ARGS``."""
     pythons, extra_args = pythons or {}, extra_args or {}
+    target: Target
     if name == "tether" or name in pythons or name in extra_args:
         args = (*tether_args, *extra_args.get(name, ()))
-        return TetherTarget(*args, shell=shell, python=pythons.get(name), name=name)
-    if name in FIXED_TARGETS:
-        return FIXED_TARGETS[name](shell)
-    raise ValueError(name)
+        target = TetherTarget(*args, shell=shell, python=pythons.get(name), name=name)
+    elif name in FIXED_TARGETS:
+        target = FIXED_TARGETS[name](shell)
+    else:
+        raise ValueError(name)
+    target.client = client
+    return target
 
 
 def describe(target: Target) -> dict[str, Any]:

@@ -52,9 +52,10 @@ def output_of(events: list[list[Any]]) -> str:
 
 
 def cast_with(path: Path, needle: str) -> tuple[dict[str, Any], list[list[Any]]] | None:
-    if not path.exists():
+    data = path.read_bytes() if path.exists() else b""
+    if not data.endswith(b"\n"):  # not made yet, or the recorder's thread is mid-line
         return None
-    header, events = parse_cast(path.read_bytes())
+    header, events = parse_cast(data)
     return (header, events) if needle in output_of(events) else None
 
 

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import click
 
 from tether.cli._group import cli
 
-# Each module registers its commands with the group when imported.
-_COMMAND_MODULES = ("serve", "attach", "check", "ops", "loadtools")
-for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"tether.cli.{_name}")
-    except ModuleNotFoundError as _exc:
-        if _exc.name != f"tether.cli.{_name}":
-            raise
+# Each command module registers its commands with the group when the group first looks the
+# command up (tether.cli._group.COMMAND_MODULES).
 
 
 def main(argv: list[str] | None = None) -> int:

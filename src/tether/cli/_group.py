@@ -5,21 +5,64 @@ report), 2 (bad input) or 130 (interrupted)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
 from tether._version import __version__
 from tether.errors import UnknownProject
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The module that registers each command. A command's module is imported when the command is
+# looked up, so that ``tether serve`` (run twice by every upgrade in place: its check, then the
+# exec) does not import the client, the tools and rich (tests/cli/test_serve_imports.py).
+COMMAND_MODULES = {
+    "serve": "serve",
+    "attach": "attach",
+    "check": "check",
+    "stats": "ops",
+    "sessions": "ops",
+    "restart": "ops",
+    "load": "loadtools",
+    "stress": "loadtools",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """A click group whose commands register themselves when their module is first imported."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for name in COMMAND_MODULES:
+            self._load(name)
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def _load(self, name: str) -> None:
+        module = COMMAND_MODULES.get(name)
+        if module is None or name in self.commands:
+            return
+        try:
+            importlib.import_module(f"tether.cli.{module}")
+        except ModuleNotFoundError as exc:  # a command module left out of this install
+            if exc.name != f"tether.cli.{module}":
+                raise
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="tether")
 def cli() -> None:
     """tether: persistent browser terminals — real shells that survive every disconnect."""
@@ -117,5 +160,7 @@ def figure_lines(figures: dict[str, Any], prefix: str = "") -> list[str]:
 def report_console(*, stderr: bool = False) -> Console:
     """A console for reports: a terminal's own width; piped, wide enough that lines do not wrap
     (grep-able)."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 160)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import click
 
 from tether.cli._group import cli
 from tether.errors import ConfigError, HandoverError
-from tether.server.config import build_settings, from_environment, load_toml
 
 # (flag, metavar, help): each flag sets the settings field of the same name; every value is
 # validated by the settings model.
@@ -169,19 +171,21 @@ def _options(command: Any) -> Any:
 @_options
 def serve(config_file: str | None, **flags: Any) -> None:
     """Serve terminals over WebSocket (default 127.0.0.1:4001)."""
-    from tether.server.aiohttp_front.app import run
-    from tether.server.capacity import prepare as prepare_capacity
-    from tether.server.supervisor import should_supervise, supervise
-    from tether.server.upgrade import check_requested
-
     raw = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
-        file_layer = (
-            load_toml(config_file or os.environ["TETHER_CONFIG"])
-            if (config_file or os.environ.get("TETHER_CONFIG"))
-            else {}
-        )
-        settings = build_settings(file_layer, from_environment(os.environ), raw)
+        with _starting():
+            from tether.server.aiohttp_front.app import run
+            from tether.server.capacity import prepare as prepare_capacity
+            from tether.server.config import build_settings, from_environment, load_toml
+            from tether.server.supervisor import should_supervise, supervise
+            from tether.server.upgrade import check_requested
+
+            file_layer = (
+                load_toml(config_file or os.environ["TETHER_CONFIG"])
+                if (config_file or os.environ.get("TETHER_CONFIG"))
+                else {}
+            )
+            settings = build_settings(file_layer, from_environment(os.environ), raw)
         if check_requested(os.environ):  # an upgrade's pre-check of this code and settings
             check_only(settings)
         elif should_supervise(settings, os.environ):
@@ -203,6 +207,27 @@ def serve(config_file: str | None, **flags: Any) -> None:
         raise click.exceptions.Exit(2) from None
 
 
+@contextlib.contextmanager
+def _starting() -> Iterator[None]:
+    """Around the imports and the settings: no garbage collection, then what they made frozen.
+
+    They allocate the server's long-lived objects (modules, classes, the settings model), which
+    no collection can free, and a full collection of them costs about 30 ms here: start-up ran
+    a few, 50 ms of each start, which an upgrade pays twice (docs/benchmarks.md, issue 13).
+    Frozen, they are skipped by every later collection too (shorter pauses while serving)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    except BaseException:
+        if was_enabled:
+            gc.enable()
+        raise
+    gc.freeze()
+    if was_enabled:
+        gc.enable()
+
+
 # A worker exits 2 on these: the supervisor takes that as final (no restart), so the one line
 # comes out once however the server runs.
 _LISTEN_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
@@ -216,7 +241,7 @@ def _listen_problem(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {where}: the address is not available on this machine (--host)"
 
 
-def check_only(settings: Any) -> None:
+def check_only(settings: Any) -> NoReturn:
     """``TETHER_UPGRADE_CHECK=1`` (an upgrade's pre-check, docs/operations.md): this code
     imported whole, the settings, keys, certificate and hand-over version good; then exit."""
     from tether.server.aiohttp_front.app import create_app, tls_context
@@ -225,4 +250,7 @@ def check_only(settings: Any) -> None:
     check_version(os.environ)
     tls_context(settings)
     create_app(settings)  # the tokens file, keys, deny list, user map
-    click.echo(CHECK_OK)
+    click.echo(CHECK_OK)  # flushed
+    # A throwaway process: it ends here, without the interpreter's teardown (0.1-0.2 s of CPU
+    # that would compete with the start of the new worker, which the clients wait for).
+    os._exit(0)

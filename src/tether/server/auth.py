@@ -34,10 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from tether.errors import ConfigError
 from tether.protocol.ids import is_valid_project_id
 from tether.server import localtoken
@@ -46,6 +42,8 @@ from tether.server.files import check_private
 from tether.server.identity import ANONYMOUS, Identity
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     from tether.server.config import Settings
 
 COOKIE_NAME = "tether_token"
@@ -261,6 +259,11 @@ class JwtAuth:
         denied_ids: frozenset[str] = frozenset(),
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        # Imported here and where tokens are decoded, not at the top: only --auth jwt pays for
+        # PyJWT and cryptography; here, so that a missing PyJWT fails the start (and an
+        # upgrade's check), not the first login.
+        import jwt  # noqa: F401
+
         self._key = key
         self._algorithm = algorithm
         self._audience = audience
@@ -275,6 +278,8 @@ class JwtAuth:
     def authenticate(self, credential: str | None) -> Identity | None:
         if not credential or len(credential) > MAX_CREDENTIAL_LENGTH:
             return None
+        import jwt
+
         try:
             claims = jwt.decode(
                 credential,
@@ -342,6 +347,9 @@ def _hmac_secret_file(path: Path) -> bytes:
 
 
 def _rsa_public_key(path: Path) -> rsa.RSAPublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
     except OSError as exc:

@@ -34,6 +34,13 @@ class Front(ClientSink, Protocol):
         """Send a ping, or drop the connection when the peer left two pings unanswered (the
         session stays, detached)."""
 
+    @property
+    def close_sent(self) -> bool:
+        """Whether the close frame this front was told to send is in the kernel, or its
+        connection is gone: an upgrade may then exec without waiting for the peer's answer.
+        False where a front cannot tell (the upgrade then waits until it ends)."""
+        ...
+
 
 @dataclass(frozen=True)
 class Upgrade:

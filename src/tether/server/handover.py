@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from tether.errors import HandoverError
@@ -59,7 +59,13 @@ class Handover:
 
 def write(handover: Handover) -> int:
     """The hand-over in a new memfd (inheritable, positioned at 0); returns its fd."""
-    sessions = [asdict(s) | {"held": len(s.held)} for s in handover.sessions]
+    # Each session's fields as they are (json.dumps reads the nested dicts): asdict's deep copy
+    # cost 50 µs a session, 50 ms of an upgrade's pause with 1,000 sessions.
+    names = [f.name for f in fields(SessionHandover)]
+    sessions = [
+        {name: getattr(s, name) for name in names} | {"held": len(s.held)}
+        for s in handover.sessions
+    ]
     header = {
         "generation": handover.generation,
         "listen_fds": list(handover.listen_fds),

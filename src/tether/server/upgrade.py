@@ -8,7 +8,8 @@ session (docs/architecture.md, "Surviving the server process").
    config, an unknown version) refuses the upgrade with the child's last line of output, and
    this process keeps serving.
 2. Stop accepting (the listening socket stays open in a duplicate: connections wait in its
-   backlog), close every client with 1012 (they resume at once), and wait for them to go.
+   backlog), close every client with 1012 (they resume at once), and wait until every close
+   frame is in the kernel — not for the clients' replies (docs/architecture.md).
 3. Snapshot every session into a :mod:`~tether.server.handover` memfd, clear close-on-exec on
    the PTY masters, the listening sockets and the memfd, and ``execve`` the upgrade command:
    the same pid, so the shells stay our children.
@@ -41,7 +42,8 @@ from tether.server.store import Tombstone
 CHECK_ENV = "TETHER_UPGRADE_CHECK"  # set: check the code and settings, then exit
 CHECK_OK = "tether: upgrade check ok"
 CHECK_TIMEOUT = 60.0  # seconds the pre-check may take (a cold import of the new code)
-CLOSE_WAIT = 3.0  # seconds to wait for clients to take their 1012 before exec
+CLOSE_WAIT = 3.0  # seconds at most until every 1012 has left (or its connection ended)
+CLOSE_POLL = 0.005  # seconds between looks at whether every 1012 has left
 RESTART_REASON = "server restarting"
 
 
@@ -226,6 +228,7 @@ class Upgrader:
         self._stop_accepting()
         try:
             await self._close_clients()
+            logs.log_event("upgrade", step="closed", clients_left=len(self.connections))
             await self._flush_store()
             now = self.manager.clock()
             taken = snapshot(self.manager, self._generation(), kept, now)
@@ -249,12 +252,14 @@ class Upgrader:
             raise
 
     async def _close_clients(self) -> None:
+        """Tell every client 1012 and wait until each close frame is on the wire (its
+        connection gone, or its front says the frame left): the replies are not awaited."""
         for front in list(self.connections):
             front.close(1012, RESTART_REASON)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_WAIT
-        while self.connections and loop.time() < deadline:
-            await asyncio.sleep(0.01)
+        while loop.time() < deadline and not all(f.close_sent for f in list(self.connections)):
+            await asyncio.sleep(CLOSE_POLL)
 
     async def _flush_store(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -183,6 +183,10 @@ class Relay:
     def send_message(self, message: dict[str, object]) -> None:
         """Nothing to do: the owner sends every message."""
 
+    @property
+    def close_sent(self) -> bool:
+        return False  # its close waits for a frame boundary: an upgrade waits until it ends
+
     def close(self, code: int, reason: str) -> None:
         """Close the client with ``code`` between two of the owner's frames (drain: the client
         reconnects elsewhere), and the connection to the owner."""

@@ -282,6 +282,14 @@ class TerminalConnection(PingedFront):
         if payload is not None:
             self._ping_task = asyncio.ensure_future(self._ping(payload))
 
+    @property
+    def close_sent(self) -> bool:
+        transport = self.request.transport
+        if transport is None:  # the connection is gone: nothing left to send
+            return True
+        sent = self.ws.closed or transport.is_closing()
+        return sent and transport.get_write_buffer_size() == 0
+
     async def _ping(self, payload: bytes) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.ping(payload)

@@ -81,6 +81,10 @@ class AsgiTerminal(InputAcks):
             self._closing = (code, reason)
         self._wake.set()
 
+    @property
+    def close_sent(self) -> bool:
+        return False  # the ASGI server holds the socket: an upgrade waits until this ends
+
     def heartbeat_tick(self) -> None:
         """Called every heartbeat: drop a client that pings but fell silent (the session stays)."""
         if self._connection is None or self._closing is not None:

@@ -167,6 +167,12 @@ class DirectTerminal(PingedFront):
             self.ws.send_ping(payload)
             self._take_writes()
 
+    @property
+    def close_sent(self) -> bool:
+        if self._lost:
+            return True
+        return self.ws.close_sent is not None and self.transport.get_write_buffer_size() == 0
+
     # ---------------------------------------------------------------- sending
     def _send_due(self) -> None:
         """Send what is due while the transport takes it: control messages, output from the
