@@ -52,8 +52,9 @@ async def run(args: argparse.Namespace) -> None:
     await target.start()
     raw = Path(tempfile.mkdtemp(prefix="bench-profile-")) / "stacks.txt"
     assert target.server is not None and target.server.pid is not None
+    worker = target.worker_pid or target.server.pid  # under a supervisor: the serving child
     spy = subprocess.Popen(
-        [PY_SPY, "record", "--pid", str(target.server.pid), "--format", "raw",
+        [PY_SPY, "record", "--pid", str(worker), "--format", "raw",
          "--rate", str(args.rate), "--output", str(raw), "--nonblocking",
          *(["--idle"] if args.idle else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

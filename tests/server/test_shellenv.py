@@ -99,3 +99,13 @@ def test_only_root_or_ambient_setuid_and_setgid_may_switch_users() -> None:
     ambient = Path("/proc/self/status").read_text().split("CapAmb:")[1].split()[0]
     expected = int(ambient, 16) & 0xC0 == 0xC0
     assert may_switch_user(12345) == expected
+
+
+def test_a_shell_named_without_a_path_gets_its_path_in_shell(tmp_path: Path) -> None:
+    program = tmp_path / "myshell"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    environ = {"PATH": f"/nonexistent:{tmp_path}"}
+    assert shell_environment(("myshell", "-l"), "alice", "web", environ)["SHELL"] == str(program)
+    # Not found on the PATH: the name as it was given (the spawn then says what is wrong).
+    assert shell_environment(("nosuchshell",), "alice", "web", environ)["SHELL"] == "nosuchshell"

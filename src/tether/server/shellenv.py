@@ -128,5 +128,7 @@ def shell_environment(
     env.setdefault("LANG", "C.UTF-8")
     env["TERM"] = "xterm-256color"
     env["COLORTERM"] = "truecolor"
-    env["SHELL"] = argv[0] if argv else shell[0]
+    program = argv[0] if argv else shell[0]
+    # SHELL is a path (programs run it): a bare name is resolved on the shell's PATH.
+    env["SHELL"] = program if "/" in program else shutil.which(program, path=env["PATH"]) or program
     return env
