@@ -65,7 +65,6 @@ async def test_a_first_request_starts_it_and_readyz_says_503_while_draining(app:
 
 async def test_an_async_hook_answering_nobody_closes_4001(tmp_path: Path) -> None:
     async def nobody(scope: Any) -> None:
-        await asyncio.sleep(0)
         return None
 
     projects = [f"default={tmp_path}"]

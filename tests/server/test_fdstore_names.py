@@ -4,7 +4,6 @@ that reads them (tether's supervisor), and in systemd's one-name messages otherw
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -170,8 +169,7 @@ async def test_sessions_whose_shells_are_gone_leave_together_and_a_new_one_of_th
     watched.kill(one.info.key)
     watched.kill(two.info.key)
     assert _receive_counting(sock, store) == 0  # not yet: at the end of the loop iteration
-    again = _connect(watched, "s-one")  # the same key again, before that
-    await asyncio.sleep(0)
+    again = _connect(watched, "s-one")  # the same key again, before that: removals go first
     assert _receive_counting(sock, store) == 2  # the removals (one message), the new entries
     kept = dict(store.entries)
     assert sorted(kept) == sorted(_names(again) + _names(three))

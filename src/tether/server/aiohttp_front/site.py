@@ -54,6 +54,7 @@ class _CountedConnection(asyncio.Protocol):
         self._direct = direct
         self._handler: asyncio.Protocol | DirectTerminal | None = None
         self._transport: asyncio.Transport | None = None
+        self._peer = ""  # the peer's address, as the pending cap counts it
         self._buffered = b""
         self._deadline: asyncio.TimerHandle | None = None
         self._started = 0.0
@@ -67,6 +68,7 @@ class _CountedConnection(asyncio.Protocol):
             transport.abort()
             return
         self._transport = transport
+        self._peer = address
         server = self._terminals
         if server is None or server.cluster is not None:
             self._to_aiohttp(b"")
@@ -117,10 +119,7 @@ class _CountedConnection(asyncio.Protocol):
         server, transport = self._terminals, self._transport
         assert server is not None and transport is not None
         self._pending.settle(transport)  # a whole request: no longer a slowloris suspect
-        peer = transport.get_extra_info("peername")
-        address = server.client_address(
-            str(peer[0]) if isinstance(peer, tuple) and peer else "", upgrade.forwarded_for
-        )
+        address = server.client_address(self._peer, upgrade.forwarded_for)
         terminal = self._handler = DirectTerminal(server, transport, address)
         self.data_received = terminal.data_received  # type: ignore[method-assign]
         refusal = None

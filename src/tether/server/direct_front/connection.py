@@ -46,7 +46,6 @@ from tether.server.session import Client, Session
 
 CLOSE_TIMEOUT = 5.0  # seconds a peer has to answer our close frame (socket-layer time)
 MAX_WRITE_BUFFER = 4 * 1024 * 1024  # unsent bytes past which the socket is not read
-_CORK_LIMIT = 256 * 1024  # replayed bytes sent along with the upgrade answer in one write
 _SEND_EOF = b""  # what websockets' protocol asks for when the TCP connection should close
 
 # websockets logs each connection's end at INFO: tether logs its own events (detach).
@@ -117,21 +116,19 @@ class DirectTerminal(PingedFront):
         or 101 and a close frame with the code of a refusal (``refusal``: one found before).
         ``rest``: bytes that came after the head."""
         server = self.server
-        answer = switching_protocols(upgrade.key, upgrade.upgrade.subprotocols)
+        self._corked = [switching_protocols(upgrade.key, upgrade.upgrade.subprotocols)]
         try:
             if refusal is not None:
                 server.on_refused(refusal, self.address)
                 raise refusal
             connection = server.admit(self, upgrade.upgrade)
         except Refusal as refused:
-            self._corked = [answer]
             self._send_close(refused.code, refused.reason)
             self._release_cork()
             return
         self._connection = connection
         self.session, self.client = connection.session, connection.attach.client
         server.connections.add(self)
-        self._corked = [answer]
         client = self.client
         self.ws.send_text(json.dumps(connection.attach.hello).encode())
         self._take_writes()
@@ -201,7 +198,7 @@ class DirectTerminal(PingedFront):
         chunk = session.read_for(client)
         if chunk:
             self.ws.send_binary(chunk)
-            self._take_writes(len(chunk))
+            self._take_writes(output=True)
             self.server.output_sent(session, client, len(chunk))
             return True
         if self._replaying:
@@ -231,16 +228,16 @@ class DirectTerminal(PingedFront):
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
 
-    def _take_writes(self, payload: int = 0) -> None:
-        """Write what the protocol has for the peer (held while corked, up to a limit)."""
+    def _take_writes(self, output: bool = False) -> None:
+        """Write what the protocol has for the peer; while corked (the upgrade's answer and the
+        hello), held until the first output joins them (one chunk: at most MAX_READ bytes)."""
         writes = self.ws.data_to_send()
-        corked = self._corked
-        if corked is not None:
-            corked.extend(writes)
-            if payload and sum(map(len, corked)) > _CORK_LIMIT:
-                self._release_cork()
+        if self._corked is None:
+            self._write(writes)
             return
-        self._write(writes)
+        self._corked.extend(writes)
+        if output:
+            self._release_cork()
 
     def _release_cork(self) -> None:
         corked, self._corked = self._corked, None
