@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import gc
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import click
 
 from tether.cli._group import cli
 from tether.errors import ConfigError, HandoverError
+from tether.startup import no_collection
 
 # (flag, metavar, help): each flag sets the settings field of the same name; every value is
 # validated by the settings model.
@@ -173,12 +171,12 @@ def serve(config_file: str | None, **flags: Any) -> None:
     """Serve terminals over WebSocket (default 127.0.0.1:4001)."""
     raw = {key: value for key, value in flags.items() if value not in (None, ())}
     try:
-        with _starting():
-            from tether.server.aiohttp_front.app import run
+        with no_collection():
             from tether.server.capacity import prepare as prepare_capacity
             from tether.server.config import build_settings, from_environment, load_toml
             from tether.server.supervisor import should_supervise, supervise
             from tether.server.upgrade import check_requested
+            from tether.server.worker import run
 
             file_layer = (
                 load_toml(config_file or os.environ["TETHER_CONFIG"])
@@ -207,27 +205,6 @@ def serve(config_file: str | None, **flags: Any) -> None:
         raise click.exceptions.Exit(2) from None
 
 
-@contextlib.contextmanager
-def _starting() -> Iterator[None]:
-    """Around the imports and the settings: no garbage collection, then what they made frozen.
-
-    They allocate the server's long-lived objects (modules, classes, the settings model), which
-    no collection can free, and a full collection of them costs about 30 ms here: start-up ran
-    a few, 50 ms of each start, which an upgrade pays twice (docs/benchmarks.md, issue 13).
-    Frozen, they are skipped by every later collection too (shorter pauses while serving)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    except BaseException:
-        if was_enabled:
-            gc.enable()
-        raise
-    gc.freeze()
-    if was_enabled:
-        gc.enable()
-
-
 # A worker exits 2 on these: the supervisor takes that as final (no restart), so the one line
 # comes out once however the server runs.
 _LISTEN_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
@@ -244,7 +221,8 @@ def _listen_problem(host: str, port: int, exc: OSError) -> str:
 def check_only(settings: Any) -> NoReturn:
     """``TETHER_UPGRADE_CHECK=1`` (an upgrade's pre-check, docs/operations.md): this code
     imported whole, the settings, keys, certificate and hand-over version good; then exit."""
-    from tether.server.aiohttp_front.app import create_app, tls_context
+    from tether.server.aiohttp_front.app import create_app
+    from tether.server.starting import tls_context
     from tether.server.upgrade import CHECK_OK, check_version
 
     check_version(os.environ)

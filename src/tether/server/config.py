@@ -12,13 +12,13 @@ import re
 import shlex
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
 from tether.errors import ConfigError
 from tether.protocol.ids import is_valid_project_id
+from tether.server.fieldtable import check_fields, field_table, setting
 from tether.server.hostcheck import (
     is_loopback_host,
     is_valid_host_pattern,
@@ -33,43 +33,62 @@ DEFAULT_LOG_FILE = "logs/terminal-websocket.log"
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 
 
-class Project(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Project:
     """A project id and the directory its shells start in (resolved once, at start)."""
 
-    model_config = ConfigDict(frozen=True)
     id: str
     directory: Path
     name: str | None = None
 
 
-class Settings(BaseModel):
-    """Everything ``tether serve`` can be told. Field names are the TOML keys and flag names."""
+_LEVELS = ("debug", "info", "warning", "error")
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+def _log_level(value: str) -> str:
+    if value.lower() not in _LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LEVELS)}")
+    return value.lower()
+
+
+def _stderr_level(value: str) -> str:
+    if value.lower() not in (*_LEVELS, "off"):
+        raise ValueError(f"must be one of {', '.join(_LEVELS)}, off")
+    return value.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``tether serve`` can be told. Field names are the TOML keys and flag names.
+
+    Constructing one coerces and checks every field (:data:`FIELDS`, tether.server.fieldtable):
+    ConfigError names the first bad one. Immutable and hashable; ``dataclasses.replace`` checks
+    again."""
 
     host: str = "127.0.0.1"
-    port: int = Field(4001, ge=0, le=65535)
+    port: int = setting(4001, ge=0, le=65535)
     projects: tuple[Project, ...] = ()
     shell: tuple[str, ...] = ()
-    buffer_size: int = Field(MiB, ge=1024, le=1024 * MiB)
-    idle_timeout: float = Field(1800.0, gt=0)
-    kill_grace: float = Field(5.0, ge=0)
-    storm_threshold: int = Field(10, ge=1)
-    address_storm_threshold: int = Field(300, ge=1)
-    storm_window: float = Field(10.0, gt=0)
+    buffer_size: int = setting(MiB, ge=1024, le=1024 * MiB)
+    idle_timeout: float = setting(1800.0, gt=0)
+    kill_grace: float = setting(5.0, ge=0)
+    storm_threshold: int = setting(10, ge=1)
+    address_storm_threshold: int = setting(300, ge=1)
+    storm_window: float = setting(10.0, gt=0)
     storm_exempt_loopback: bool = True
     trusted_proxies: tuple[str, ...] = ()
-    heartbeat: float = Field(25.0, gt=0)
-    max_message_size: int = Field(MiB, ge=1024)
-    max_sessions: int | None = Field(None, ge=1)  # None: what the limits allow (capacity.py)
-    tombstone_ttl: float = Field(300.0, ge=0)
-    log_file: Path | None = Path("logs/terminal-websocket.log")
-    log_level: str = "info"
-    log_stderr_level: str | None = None  # None: as log_level; "off": nothing on stderr
-    log_max_bytes: int = Field(10 * MiB, ge=1024)
-    log_backups: int = Field(5, ge=0)
+    heartbeat: float = setting(25.0, gt=0)
+    max_message_size: int = setting(MiB, ge=1024)
+    max_sessions: int | None = setting(None, ge=1)  # None: what the limits allow (capacity.py)
+    tombstone_ttl: float = setting(300.0, ge=0)
+    log_file: Path | None = Path(DEFAULT_LOG_FILE)
+    log_level: str = setting("info", check=_log_level)
+    # None: as log_level; "off": nothing on stderr
+    log_stderr_level: str | None = setting(None, check=_stderr_level)
+    log_max_bytes: int = setting(10 * MiB, ge=1024)
+    log_backups: int = setting(5, ge=0)
     allowed_origins: tuple[str, ...] = ()
-    drain_grace: float = Field(5.0, ge=0)
+    drain_grace: float = setting(5.0, ge=0)
     # Surviving the server process (docs/operations.md): the command an upgrade in place runs
     # (default: our own command line), and a supervisor that keeps the shells through a crash.
     upgrade_command: str | None = None
@@ -83,15 +102,15 @@ class Settings(BaseModel):
     jwt_secret_file: Path | None = None
     jwt_public_key: Path | None = None
     jwt_audience: str | None = None
-    jwt_leeway: float = Field(30.0, ge=0, le=3600)
+    jwt_leeway: float = setting(30.0, ge=0, le=3600)
     jwt_issuer: str | None = None  # when set, a token's iss must be it
-    jwt_max_lifetime: float = Field(86400.0, gt=0)  # exp at most this far ahead
+    jwt_max_lifetime: float = setting(86400.0, gt=0)  # exp at most this far ahead
     jwt_deny_list: Path | None = None  # revoked jti values, one a line (reloaded on SIGHUP)
-    max_login_failures: int = Field(10, ge=1)  # per address and minute, then 4129 / HTTP 429
+    max_login_failures: int = setting(10, ge=1)  # per address and minute, then 4129 / HTTP 429
     # Slowloris: request headers (a WebSocket's upgrade) within this; pending ones per address.
-    handshake_timeout: float = Field(10.0, gt=0, le=3600)
-    max_pending_per_address: int = Field(32, ge=1)
-    max_sessions_per_owner: int = Field(50, ge=1)
+    handshake_timeout: float = setting(10.0, gt=0, le=3600)
+    max_pending_per_address: int = setting(32, ge=1)
+    max_sessions_per_owner: int = setting(50, ge=1)
     metrics_auth: bool = True
     healthz_auth: bool = False
     allowed_hosts: tuple[str, ...] = ()
@@ -108,30 +127,19 @@ class Settings(BaseModel):
     advertise_url: str | None = None  # how peers reach this node; default from host and port
     cluster_secret_env: str | None = None  # variable holding the node-to-node secret
     cluster_prefix: str = "tether:"
-    cluster_lease: float = Field(5.0, gt=0, le=60)
-    cluster_renew_every: float = Field(1.0, gt=0)
-    cluster_timeout: float = Field(1.0, gt=0)
-    cluster_record_interval: float = Field(5.0, gt=0)  # record mirror in cluster mode
-    cluster_sweep_after: float = Field(60.0, gt=0)  # a lost node's sessions are kept that long
+    cluster_lease: float = setting(5.0, gt=0, le=60)
+    cluster_renew_every: float = setting(1.0, gt=0)
+    cluster_timeout: float = setting(1.0, gt=0)
+    cluster_record_interval: float = setting(5.0, gt=0)  # record mirror in cluster mode
+    cluster_sweep_after: float = setting(60.0, gt=0)  # a lost node's sessions are kept that long
     # Session recording as asciicast v2 (docs/operations.md, "Recording sessions").
     record_dir: Path | None = None
     record_input: bool = False
-    record_max_bytes: int = Field(64 * MiB, ge=4096)  # per file, then a numbered continuation
-    record_queue_bytes: int = Field(8 * MiB, ge=1024)  # not yet written, then events are dropped
+    record_max_bytes: int = setting(64 * MiB, ge=4096)  # per file, then a numbered continuation
+    record_queue_bytes: int = setting(8 * MiB, ge=1024)  # not yet written, then events dropped
 
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        if value.lower() not in {"debug", "info", "warning", "error"}:
-            raise ValueError("must be one of debug, info, warning, error")
-        return value.lower()
-
-    @field_validator("log_stderr_level")
-    @classmethod
-    def _stderr_level(cls, value: str | None) -> str | None:
-        if value is not None and value.lower() not in {"debug", "info", "warning", "error", "off"}:
-            raise ValueError("must be one of debug, info, warning, error, off")
-        return value.lower() if value else None
+    def __post_init__(self) -> None:
+        check_fields(self, FIELDS)
 
     @property
     def project_ids(self) -> list[str]:
@@ -139,6 +147,11 @@ class Settings(BaseModel):
 
     def project(self, project_id: str) -> Project | None:
         return next((p for p in self.projects if p.id == project_id), None)
+
+
+FIELDS = field_table(Settings)
+"""Every setting by name, with its default (the TOML keys; the flags and ``TETHER_*`` names
+are derived from them)."""
 
 
 def default_shell() -> tuple[str, ...]:
@@ -199,7 +212,7 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         key = name[len(ENV_PREFIX) :].lower()
         key = _ENV_ALIASES.get(key, key)
-        if key not in Settings.model_fields:
+        if key not in FIELDS:
             continue  # other TETHER_* variables (secrets named by settings) are not settings
         raw[key] = [i for i in value.split(",") if i] if key in _LIST_SETTINGS else value
     return raw
@@ -221,16 +234,18 @@ def build_settings(*layers: Mapping[str, Any], cwd: Path | None = None) -> Setti
     for name in ("log_file", *_PATH_SETTINGS):
         if merged.get(name) not in (None, ""):
             merged[name] = _path(name, merged[name], base)
-    try:
-        return check_security(Settings(**merged))
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        setting = str(error["loc"][0]).replace("_", "-") if error["loc"] else ""
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", setting):  # an unknown name, from the user
-            raise ConfigError("config", f"unknown setting {setting[:40]!r}") from None
-        raise ConfigError(setting or "config", error["msg"]) from None
-    except TypeError as exc:
-        raise ConfigError("config", str(exc)) from None
+    settings = Settings(**{key: value for key, value in merged.items() if key in FIELDS})
+    unknown = [key for key in merged if key not in FIELDS]
+    if unknown:  # after the known ones' errors, as before
+        raise _unknown_setting(unknown[0])
+    return check_security(settings)
+
+
+def _unknown_setting(key: object) -> ConfigError:
+    name = str(key)
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        return ConfigError(name.replace("_", "-"), "unknown setting")
+    return ConfigError("config", f"unknown setting {name[:40]!r}")  # named by the user: quoted
 
 
 def _path(name: str, value: Any, base: Path) -> Path:

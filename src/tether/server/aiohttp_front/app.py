@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
-import sys
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -16,11 +14,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from tether.errors import ConfigError, Refusal
+from tether.errors import Refusal
 from tether.protocol.codes import CloseCode
 from tether.protocol.localtoken import link as link_with_token
 from tether.protocol.messages import SUBPROTOCOL
-from tether.server import auth, localtoken, logs, pty
+from tether.server import auth, localtoken, logs, pty, starting
 from tether.server.aiohttp_front import api, forward, survive
 from tether.server.aiohttp_front.context import SERVER_KEY, client_address, identify, server_of
 from tether.server.aiohttp_front.site import GuardedSite
@@ -28,8 +26,8 @@ from tether.server.aiohttp_front.ws import handle_terminal
 from tether.server.clock import Clock
 from tether.server.config import Settings
 from tether.server.core import Server
-from tether.server.files import check_private
 from tether.server.hostcheck import is_loopback_host
+from tether.server.starting import Start
 from tether.server.store import SessionStore
 
 STATIC_DIR = Path(str(resources.files("tether").joinpath("web/static")))
@@ -93,17 +91,22 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    settings: Settings, store: SessionStore | None = None, *, clock: Clock | None = None
+    settings: Settings,
+    store: SessionStore | None = None,
+    *,
+    clock: Clock | None = None,
+    server: Server | None = None,
 ) -> web.Application:
     """A ready-to-run application for ``settings``; ``clock`` (the system's by default) is the
-    one every part of the server reads and waits on."""
+    one every part of the server reads and waits on; ``server``: the core, when made already
+    (:mod:`tether.server.starting`)."""
     # keepalive_timeout runs from a connection's start until a whole request arrived (partial
     # headers do not reset it), then between requests: the slowloris deadline (site.py).
     handler_args = {"keepalive_timeout": settings.handshake_timeout}
     app = web.Application(
         middlewares=[json_errors, guard], client_max_size=1024 * 1024, handler_args=handler_args
     )
-    server = Server(settings, store, clock=clock)
+    server = server or Server(settings, store, clock=clock)
     app[SERVER_KEY] = server
     app.router.add_get("/ws/terminal", handle_terminal)
     app.router.add_get("/healthz", api.healthz)
@@ -167,24 +170,8 @@ class RedactParserErrors(logging.Filter):
 _AIOHTTP_SERVER_LOGGER = logging.getLogger("aiohttp.server")
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The server's TLS context from ``--certfile``/``--keyfile`` (None: plain HTTP)."""
-    if settings.certfile is None:
-        return None
-    if settings.keyfile is not None:
-        check_private(settings.keyfile, "keyfile")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(settings.certfile, settings.keyfile)
-    except OSError as exc:
-        reason = exc.strerror or getattr(exc, "reason", None) or "unreadable or mismatched"
-        raise ConfigError("certfile", f"cannot load certificate and key: {reason}") from None
-    return context
-
-
 async def serve(
-    settings: Settings,
+    start: Start,
     *,
     ready: Callable[[str], None] | None = None,
     show_link: Callable[[str], None] | None = None,
@@ -192,53 +179,43 @@ async def serve(
 ) -> None:
     """Run until SIGTERM/SIGINT: clients get 1001, every shell is ended and reaped.
 
-    ``ready`` gets the URL once listening; with ``--auth local``, ``show_link`` then gets the
-    page's address carrying the token; ``stopping`` gets the number of sessions and the drain
-    grace when a signal stops a server that has sessions. Raises ConfigError before listening
-    when a tokens file, key or certificate is unusable.
+    ``start``: what :func:`tether.server.starting.begin` made (the core, the log, what a
+    previous process left, perhaps a listener already serving the direct front). ``ready`` gets
+    the URL once listening; with ``--auth local``, ``show_link`` then gets the page's address
+    carrying the token; ``stopping`` gets the number of sessions and the drain grace when a
+    signal stops a server that has sessions.
     """
-    # Before any secret is read: processes of our own account (shells, with
-    # --allow-same-user-shells) may not read our memory or /proc/<pid>/environ.
-    pty.make_undumpable()
-    ssl_context = tls_context(settings)
-    app = create_app(settings)
-    handlers = logs.configure(
-        settings.log_file,
-        settings.log_level,
-        settings.log_max_bytes,
-        settings.log_backups,
-        stderr=settings.log_stderr_level != "off",
-        # With a log file, stderr carries warnings and errors only: formatting every event
-        # twice cost a third of a re-attach's CPU (docs/benchmarks.md).
-        stderr_level=settings.log_stderr_level or ("warning" if settings.log_file else None),
-    )
+    settings, server = start.settings, start.server
+    app = create_app(settings, server=server)
     redact = RedactParserErrors()
     _AIOHTTP_SERVER_LOGGER.addFilter(redact)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    await runner.setup()
     try:
-        inherited = survive.take_over(app[SERVER_KEY])  # an upgrade's or a crash's sessions
+        await runner.setup()
+        inherited = start.inherited
         site = GuardedSite(
             runner,
             settings.host,
             settings.port,
             reuse_address=True,
-            ssl_context=ssl_context,
-            pending=app[SERVER_KEY].pending,
-            terminals=app[SERVER_KEY],
+            ssl_context=start.ssl_context,
+            pending=server.pending,
+            terminals=server,
             sock=inherited[0] if inherited else None,
-            backlog=survive.LISTEN_BACKLOG,
+            listener=start.listener,
+            backlog=starting.LISTEN_BACKLOG,
         )
         await site.start()
-        survive.start(app[SERVER_KEY], site, settings)
+        start.listener = None  # the site's now: it stops it
+        survive.start(server, site, settings)
         port = runner.addresses[0][1]
         host = settings.host if ":" not in settings.host else f"[{settings.host}]"
-        url = f"{'https' if ssl_context else 'http'}://{host}:{port}"
+        url = f"{'https' if start.ssl_context else 'http'}://{host}:{port}"
         logs.log_event("listen", url=url, projects=settings.project_ids, auth=settings.auth)
-        limits = app[SERVER_KEY].capacity
+        limits = server.capacity
         level = logging.WARNING if limits.clamped else logging.INFO  # --max-sessions lowered
         logs.log_at(level, "limits", **limits.fields())
-        await app[SERVER_KEY].join_cluster(url, port)  # with --redis-url: register, renew
+        await server.join_cluster(url, port)  # with --redis-url: register, renew
         if settings.auth == "none" and not is_loopback_host(settings.host):
             logs.log_event("insecure", reason="no authentication on a non-loopback address")
         if settings.allow_same_user_shells and settings.auth in ("token", "jwt"):
@@ -249,15 +226,14 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         # systemctl reload: tokens, keys, deny list and user map again; sessions stay.
-        loop.add_signal_handler(signal.SIGHUP, app[SERVER_KEY].reload)
+        loop.add_signal_handler(signal.SIGHUP, server.reload)
         if ready is not None:
             ready(url)
-        _publish_local_token(app[SERVER_KEY], url, port, show_link)
+        _publish_local_token(server, url, port, show_link)
         await stop.wait()
         stop.clear()
         # SIGTERM drains: no new sessions, clients are told 1001, shells end after the drain
         # grace (a second signal cuts the grace short).
-        server = app[SERVER_KEY]
         logs.log_event("shutdown", reason="signal", grace=server.settings.drain_grace)
         if stopping is not None and server.manager.sessions:  # what the drain waits for
             stopping(len(server.manager.sessions), server.settings.drain_grace)
@@ -266,7 +242,7 @@ async def serve(
         await server.shutdown()
     finally:
         await runner.cleanup()
-        logs.remove(handlers)
+        start.close()
         _AIOHTTP_SERVER_LOGGER.removeFilter(redact)
 
 
@@ -290,31 +266,3 @@ async def _first_of(*waits: Awaitable[Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def run(settings: Settings) -> None:
-    """Blocking entry point of ``tether serve`` (uvloop when installed)."""
-
-    def announce(url: str) -> None:
-        sys.stdout.write(f"tether listening on {url}\n")
-        sys.stdout.flush()
-
-    def show_link(link: str) -> None:
-        sys.stdout.write(f"{link}\n")
-        sys.stdout.flush()
-
-    try:
-        import uvloop
-
-        runner: Callable[..., object] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-
-    def say_stopping(sessions: int, grace: float) -> None:
-        sys.stderr.write(
-            f"tether: stopping: {sessions} session(s) end in {grace:g} s "
-            "(a second Ctrl-C or SIGTERM ends them now)\n"
-        )
-        sys.stderr.flush()
-
-    runner(serve(settings, ready=announce, show_link=show_link, stopping=say_stopping))

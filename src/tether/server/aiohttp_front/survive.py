@@ -1,6 +1,6 @@
 """The aiohttp side of surviving the server process (docs/architecture.md, "Surviving the server
-process"): take over what a previous process handed on, listen on the inherited socket, answer
-``POST /api/restart``, and run an upgrade on SIGUSR2.
+process"): once listening (on the socket :mod:`tether.server.starting` took over), answer
+``POST /api/restart`` and run an upgrade on SIGUSR2.
 
 The framework-neutral parts are :mod:`tether.server.upgrade` (check, hand over, exec, adopt)
 and :mod:`tether.server.survival` (crash survival through the file-descriptor store).
@@ -12,57 +12,21 @@ import asyncio
 import logging
 import os
 import signal
-import socket
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from tether.errors import HandoverError
-from tether.server import handover, logs, pty, survival, upgrade
+from tether.server import logs, pty, survival, upgrade
 from tether.server.aiohttp_front.api import json_error, require_operator
 from tether.server.aiohttp_front.context import server_of
 from tether.server.aiohttp_front.site import GuardedSite
 from tether.server.config import Settings
 from tether.server.core import Server
+from tether.server.starting import listening_socket
 
-# 1,000 clients resume at once after an upgrade: they must wait in the backlog, not be refused
-# (aiohttp's default is 128; the kernel caps it at net.core.somaxconn, 4096 here).
-LISTEN_BACKLOG = 4096
 STRAY_MARGIN = 5.0  # seconds past the kill grace to go on reaping strays after an upgrade
-
-
-def take_over(server: Server) -> list[socket.socket]:
-    """Adopt what the previous process of this server left: the hand-over of an upgrade, or
-    the file-descriptor store after a crash. Returns the inherited listening sockets."""
-    survival.watch(server.manager)
-    fd = handover.inherited_fd(os.environ)
-    now = server.clock.monotonic()
-    if fd is not None:
-        taken = handover.read(fd)
-        survival.handed_over()
-        sessions = upgrade.adopt(server.manager, taken, now)
-        capacity = server.settings.buffer_size
-        for session, entry in zip(sessions, taken.sessions, strict=True):
-            survival.keep_after_upgrade(session, entry, capacity)
-        server.generation = taken.generation + 1
-        generation = server.generation
-        logs.log_event("adopt", reason="upgrade", sessions=len(sessions), generation=generation)
-        return [_socket(fd) for fd in taken.listen_fds]
-    recovered = survival.recover(server.manager, now)
-    if recovered is None:
-        return []
-    server.generation = recovered.generation
-    logs.log_event(
-        "adopt", reason="recovery", sessions=recovered.sessions, generation=server.generation
-    )
-    return [_socket(fd) for fd in recovered.listen_fds]
-
-
-def _socket(fd: int) -> socket.socket:
-    sock = socket.socket(fileno=fd)
-    sock.set_inheritable(False)
-    return sock
 
 
 def start(server: Server, site: web.BaseSite, settings: Settings) -> None:
@@ -80,7 +44,7 @@ def start(server: Server, site: web.BaseSite, settings: Settings) -> None:
     def resume_accepting(kept: Sequence[int]) -> None:
         # The exec failed after the check passed (rare): listen again on the same socket.
         if isinstance(site, GuardedSite) and kept:
-            site._sock = _socket(os.dup(kept[0]))
+            site._sock = listening_socket(os.dup(kept[0]))
             site._runner._unreg_site(site)
             _in_background(site.start())
 
