@@ -21,7 +21,13 @@ import aiohttp
 import pytest
 
 from tests.support.resuming import ResumingClient
-from tests.support.server import ServerProcess, server_stats, start_server, wait_generation
+from tests.support.server import (
+    ServerProcess,
+    eventually,
+    server_stats,
+    start_server,
+    wait_generation,
+)
 from tests.support.wsclient import must_connect, strip_ansi
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,6 +156,34 @@ async def test_ten_upgrades_in_a_row_leak_nothing() -> None:
     assert set(children) == {5}  # the shells, and no leftover pre-check or other process
     assert max(fds[1:]) <= fds[0], fds  # each settled (a request in flight holds one more)
     assert rss[-1] - rss[0] < 20 * 1024 * 1024, rss
+
+
+async def test_signals_that_reach_a_starting_worker_are_run_once_it_is_ready() -> None:
+    """SIGHUP and SIGUSR2 that reach the new worker while it serves terminals and aiohttp is
+    still loading are remembered and run then; their default action would end the process (and
+    without a supervisor every session with it)."""
+    with start_server() as srv:
+        conn = await must_connect(srv.ws_url, project="default", client="early-signal-client")
+        before = pids_by_key(server_stats(srv.base_url))
+        os.kill(srv.pid, signal.SIGUSR2)
+        assert await conn.wait_closed(30) == 1012
+        # The old worker no longer accepts: this connection waits for the new one, and its
+        # head, still coming, keeps the new one's early phase open (1 s at most).
+        _, slow = await asyncio.open_connection("127.0.0.1", srv.port)
+        slow.write(b"GET /ws/terminal?project=default HTTP/1.1\r\n")
+        await eventually(lambda: '"early":true' in _log(srv), timeout=30)
+        os.kill(srv.pid, signal.SIGHUP)
+        os.kill(srv.pid, signal.SIGUSR2)
+        slow.close()
+        facts = await wait_generation(srv.base_url, 3)
+        assert pids_by_key(facts) == before and facts["server"]["pid"] == srv.pid
+        held = [json.loads(line) for line in _log(srv).splitlines() if '"signals"' in line]
+        assert [event["held"] for event in held] == [["SIGHUP", "SIGUSR2"]]
+        await conn.close()
+
+
+def _log(srv: ServerProcess) -> str:
+    return srv.log_file.read_text() if srv.log_file.exists() else ""
 
 
 async def _settled_counts(pid: int, fds_before: int | None) -> tuple[int, int, int]:

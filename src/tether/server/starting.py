@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from tether.server.files import check_private
 # 1,000 clients resume at once after an upgrade: they must wait in the backlog, not be refused
 # (aiohttp's default is 128; the kernel caps it at net.core.somaxconn, 4096 here).
 LISTEN_BACKLOG = 4096
+HELD_SIGNALS = (signal.SIGUSR2, signal.SIGHUP)
 
 
 @dataclass
@@ -40,6 +42,22 @@ class Start:
     log_handlers: list[logging.Handler]
     inherited: list[socket.socket] = field(default_factory=list)  # listening sockets
     listener: Listener | None = None  # listening already (the direct front alone)
+    held: list[int] = field(default_factory=list)  # signals that came before their handlers
+
+    def hold_signals(self) -> None:
+        """Until the server's handlers are there, SIGUSR2 (upgrade) and SIGHUP (reload) are
+        remembered, not fatal (their default action ends the process, and with it, without a
+        supervisor, every session): :meth:`release_signals` sends them again."""
+        for signum in HELD_SIGNALS:
+            signal.signal(signum, lambda signum, _frame: self.held.append(signum))
+
+    def release_signals(self) -> None:
+        """The handlers are there: what came meanwhile is sent again, once each."""
+        held, self.held = sorted(set(self.held)), []
+        if held:
+            logs.log_event("signals", held=[signal.Signals(n).name for n in held])
+        for signum in held:
+            os.kill(os.getpid(), signum)
 
     def close(self) -> None:
         """Undo it, when the rest of the start failed."""
@@ -86,6 +104,7 @@ def begin(settings: Settings, *, server: Server | None = None) -> Start:
         stderr_level=settings.log_stderr_level or ("warning" if settings.log_file else None),
     )
     start = Start(settings, server, ssl_context, handlers)
+    start.hold_signals()
     try:
         start.inherited = take_over(server)
     except BaseException:
