@@ -31,6 +31,7 @@ FIGURES = {
     "reattach_hot_ms": ("… attempts back to back (2 ms apart)", "ms", "low"),
     "echo_p50_ms": ("echo round trip p50", "ms", "low"),
     "echo_p99_ms": ("echo round trip p99", "ms", "low"),
+    "echo_cpu_us": ("server CPU per echoed key", "µs", "low"),
     "throughput_mb_s": ("throughput (head -c 50M /dev/zero \\| base64)", "MB/s", "high"),
     "throughput_cpu_s": ("server CPU for that output", "s", "low"),
     "idle_kib_per_session": ("server memory per idle session", "KiB", "low"),

@@ -145,12 +145,15 @@ async def echo(target: Target, keys: int = 500) -> dict[str, Any]:
     link, _ = await target.open()
     await first_bytes(link)
     await start_cat(link)
+    cpu = target.cpu_ns()
     latencies = await type_and_time(link, keys)
+    cpu = target.cpu_ns() - cpu
     await link.send(b"\x04")
     await link.close()
     return {
         "echo_p50_ms": 1000 * statistics.median(latencies),
         "echo_p99_ms": 1000 * percentile(latencies, 0.99),
+        "echo_cpu_us": cpu / keys / 1000,
     }
 
 

@@ -38,7 +38,7 @@ class _Shell:
     def typed(self, state: survival.SessionState, client: str, count: int) -> None:
         self.info.input_counts[client] = self.info.input_counts.get(client, 0) + count
         self.input_bytes += count
-        state.facts_changed(cast(Session, self))
+        state.input_counted(cast(Session, self))
 
 
 def _state(shell: _Shell) -> survival.SessionState:
@@ -62,6 +62,25 @@ def test_counts_head_and_ring_bytes_read_back_after_wrapping() -> None:
     assert input_bytes == 7
     assert OrderedDict(facts["input_counts"]) == OrderedDict([("client-a", 5), ("client-b", 2)])
     assert (facts["key"], facts["pid"]) == ("s1:default", 4242)
+    state.close()
+
+
+def test_counts_written_per_keystroke_keep_the_other_facts_and_the_other_way_round() -> None:
+    shell = _Shell()
+    state = _state(shell)
+    shell.typed(state, "client-a", 1)
+    shell.info.name = "build"  # renamed: the facts are encoded again, the counts kept
+    state.facts_changed(cast(Session, shell))
+    shell.typed(state, "client-b", 4)
+    shell.typed(state, "client-a", 2)  # the most recent client last, as the session keeps them
+    shell.info.input_counts.move_to_end("client-a")
+    state.input_counted(cast(Session, shell))
+    found = survival.read_state(state.state_fd, 32)
+    assert found is not None
+    facts, _, input_bytes, _ = found
+    assert facts["name"] == "build" and facts["pid"] == 4242
+    assert facts["input_counts"] == [["client-b", 4], ["client-a", 3]]
+    assert input_bytes == 7
     state.close()
 
 

@@ -67,8 +67,10 @@ class SessionObserver(Protocol):
         """``data`` was read from the PTY and appended to the ring (no client has it yet)."""
 
     def facts_changed(self, session: Session) -> None:
-        """A fact a new process needs changed: an input count (bytes were written to the PTY)
-        or the display name."""
+        """A fact a new process needs changed (the display name)."""
+
+    def input_counted(self, session: Session) -> None:
+        """Bytes were written to the PTY: an input count changed (on every keystroke)."""
 
 
 class SessionRecorder(Protocol):
@@ -387,7 +389,7 @@ class Session:
         if len(counts) > _MAX_INPUT_IDS:
             counts.popitem(last=False)
         if self.observer is not None:
-            self.observer.facts_changed(self)
+            self.observer.input_counted(self)
 
     def input_count(self, input_key: str) -> int:
         return self.info.input_counts.get(input_key, 0)

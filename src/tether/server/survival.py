@@ -52,6 +52,7 @@ RING_BASE = 2 * SLOT_SIZE
 _SLOT = struct.Struct(">QQQQI")  # sequence, head, input bytes, facts length, crc32
 _GENERATION = struct.Struct(">Q")
 _NUMBERS = struct.Struct(">QQ")
+_ENCODE_JSON = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,12 @@ class SessionState:
         self.state_fd = fd
         self.capacity = capacity
         self.store_name = _name(session.info.key)
-        self._facts = b""
+        # The slot's JSON is the record (every fact but the input counts, encoded when one of
+        # them changes) and the input counts (encoded on every write to the PTY: the hot path).
         self._record: dict[str, Any] = {}
+        self._record_json = b""  # the record's JSON without its closing brace
+        self._counts_json = b"[]"
+        self._facts = b""
         self._tail_seen: tuple[object, bool] | None = None  # (modes, mid-sequence) last written
         self._input_bytes = session.input_bytes
         self._note_tail_modes(session)
@@ -107,11 +112,16 @@ class SessionState:
             "owner": info.owner,
             "created_at": info.created_at,
             "pid": info.pid,
-            "input_counts": [[client, count] for client, count in info.input_counts.items()],
             "name": info.name,
         }
-        self._encode_facts()
+        self._record_json = b""  # encoded again below
+        self.input_counted(session)
+
+    def input_counted(self, session: Session) -> None:
+        """Bytes were written to the PTY: only the counts are encoded again (per keystroke)."""
+        self._counts_json = _ENCODE_JSON(list(session.info.input_counts.items())).encode()
         self._input_bytes = session.input_bytes
+        self._encode_facts()
         self._write_slot(session.ring.head)
 
     def _note_tail_modes(self, session: Session) -> bool:
@@ -123,10 +133,13 @@ class SessionState:
             return False
         self._tail_seen = seen
         self._record["tail_modes"] = tracker.to_state()
+        self._record_json = b""
         return True
 
     def _encode_facts(self) -> None:
-        encoded = json.dumps(self._record, separators=(",", ":")).encode()
+        if not self._record_json:
+            self._record_json = _ENCODE_JSON(self._record).encode()[:-1]
+        encoded = self._record_json + b',"input_counts":' + self._counts_json + b"}"
         self._facts = encoded[: SLOT_SIZE - _SLOT.size]
 
     def _write_slot(self, head: int) -> None:
