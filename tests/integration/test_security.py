@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -536,6 +537,23 @@ async def test_tls_serves_https_and_wss(tmp_path: Path) -> None:
                 message = await ws.receive(timeout=10)
                 assert message.type == aiohttp.WSMsgType.BINARY, message
                 seen += message.data
+            # An upgrade in place: the new worker serves wss:// on the inherited socket first
+            # (before aiohttp is loaded), then https:// again.
+            os.kill(server.pid, signal.SIGUSR2)
+            while (message := await ws.receive(timeout=30)).type != aiohttp.WSMsgType.CLOSE:
+                seen += message.data if message.type == aiohttp.WSMsgType.BINARY else b""
+            assert message.data == 1012
+            ws = await http.ws_connect(
+                f"wss://127.0.0.1:{server.port}/ws/terminal?project=default"
+                f"&session={hello['session']}&offset={len(seen)}&create=0",
+                ssl=trust,
+                protocols=("tether.v1",),
+                headers={"Origin": base},
+            )
+            resumed = json.loads((await ws.receive(timeout=30)).data)
+            assert resumed["type"] == "hello" and resumed["gap"] == 0
+            async with http.get(f"{base}/stats/sessions", ssl=trust) as response:
+                assert (await response.json())["server"]["generation"] == 2
             await ws.close()
             with pytest.raises(aiohttp.ClientError):
                 async with http.get(f"http://127.0.0.1:{server.port}/healthz") as response:
