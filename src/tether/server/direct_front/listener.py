@@ -28,7 +28,7 @@ from tether.server.direct_front import handshake
 from tether.server.direct_front.connection import DirectTerminal
 from tether.server.pending import PendingConnections
 
-SETTLE_QUIET = 0.02  # seconds with no connection accepted or resumed: the burst has passed
+SETTLE_QUIET = 0.02  # seconds with no terminal head coming and none resumed: the burst passed
 SETTLE_LONGEST = 1.0  # seconds at most that connections for the fallback wait for it
 MAX_PARKED = 64 * 1024  # bytes read from a connection waiting for the fallback, then paused
 
