@@ -182,6 +182,32 @@ async def test_signals_that_reach_a_starting_worker_are_run_once_it_is_ready() -
         await conn.close()
 
 
+async def test_a_stop_that_reaches_a_starting_worker_drains_as_later() -> None:
+    """SIGTERM while the new worker serves terminals early (aiohttp still loading) is held and
+    then drains as SIGTERM does: clients told 1001, the process ends with status 0 — not cut
+    by the signal's default action."""
+    with start_server("--drain-grace", "0.5") as srv:
+        conn = await must_connect(srv.ws_url, project="default", client="early-stop-client")
+        os.kill(srv.pid, signal.SIGUSR2)
+        assert await conn.wait_closed(30) == 1012
+        resumed = await must_connect(
+            srv.ws_url, project="default", client="early-stop-client",
+            session=conn.hello["session"], offset=conn.position, create=0,
+        )  # fmt: skip
+        _, slow = await asyncio.open_connection("127.0.0.1", srv.port)
+        slow.write(b"GET /ws/terminal?project=default HTTP/1.1\r\n")  # holds the early phase
+        await eventually(lambda: '"early":true' in _log(srv), timeout=30)
+        os.kill(srv.pid, signal.SIGTERM)
+        slow.close()
+        assert await resumed.wait_closed(30) == 1001
+        assert srv.process is not None
+        assert await asyncio.to_thread(srv.process.wait, 30) == 0
+        held = [json.loads(line) for line in _log(srv).splitlines() if '"signals"' in line]
+        assert [event["held"] for event in held] == [["SIGTERM"]]
+        for client in (conn, resumed):
+            await client.close()
+
+
 def _log(srv: ServerProcess) -> str:
     return srv.log_file.read_text() if srv.log_file.exists() else ""
 

@@ -30,6 +30,7 @@ from tether.server.files import check_private
 # (aiohttp's default is 128; the kernel caps it at net.core.somaxconn, 4096 here).
 LISTEN_BACKLOG = 4096
 HELD_SIGNALS = (signal.SIGUSR2, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # held while terminals are served early
 
 
 @dataclass
@@ -44,16 +45,19 @@ class Start:
     listener: Listener | None = None  # listening already (the direct front alone)
     held: list[int] = field(default_factory=list)  # signals that came before their handlers
 
-    def hold_signals(self) -> None:
+    def hold_signals(self, signals: tuple[int, ...] = HELD_SIGNALS) -> None:
         """Until the server's handlers are there, SIGUSR2 (upgrade) and SIGHUP (reload) are
         remembered, not fatal (their default action ends the process, and with it, without a
-        supervisor, every session): :meth:`release_signals` sends them again."""
-        for signum in HELD_SIGNALS:
+        supervisor, every session): :meth:`release_signals` sends them again. While terminals
+        are served early, SIGTERM and SIGINT are held too, so that they drain as they do later
+        (clients told 1001, shells ended after the drain grace) instead of cutting everything."""
+        for signum in signals:
             signal.signal(signum, lambda signum, _frame: self.held.append(signum))
 
     def release_signals(self) -> None:
-        """The handlers are there: what came meanwhile is sent again, once each."""
-        held, self.held = sorted(set(self.held)), []
+        """The handlers are there: what came meanwhile is sent again, once each. A stop wins
+        over an upgrade asked for with it (the upgrade is dropped)."""
+        held, self.held = to_resend(self.held), []
         if held:
             logs.log_event("signals", held=[signal.Signals(n).name for n in held])
         for signum in held:
@@ -67,6 +71,15 @@ class Start:
         for sock in self.inherited:
             sock.close()
         logs.remove(self.log_handlers)
+
+
+def to_resend(held: list[int]) -> list[int]:
+    """The signals to send again, in order, of those held: each once, an upgrade dropped when a
+    stop came too (the stop wins)."""
+    signals = sorted(set(held))
+    if signal.SIGUSR2 in signals and any(signum in STOP_SIGNALS for signum in signals):
+        signals.remove(signal.SIGUSR2)
+    return signals
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -119,6 +132,7 @@ async def listen_early(start: Start) -> None:
     server = start.server
     if not start.inherited or server.cluster is not None or not server.manager.sessions:
         return
+    start.hold_signals(STOP_SIGNALS)  # released with the others, once the handlers are there
     listener = Listener(server.pending, server, Fallback())
     await listener.listen(
         sock=start.inherited[0], ssl_context=start.ssl_context, backlog=LISTEN_BACKLOG

@@ -227,7 +227,7 @@ async def serve(
             loop.add_signal_handler(signum, stop.set)
         # systemctl reload: tokens, keys, deny list and user map again; sessions stay.
         loop.add_signal_handler(signal.SIGHUP, server.reload)
-        start.release_signals()  # an upgrade or reload asked for before now
+        start.release_signals()  # a signal that came before now: upgrade, reload or stop
         if ready is not None:
             ready(url)
         _publish_local_token(server, url, port, show_link)
