@@ -65,9 +65,8 @@ class Start:
 
     def close(self) -> None:
         """Undo it, when the rest of the start failed."""
-        if self.listener is not None and self.listener.server is not None:
-            self.listener.server.close()
-            self.listener.abort_direct()
+        if self.listener is not None:
+            self.listener.close()
         for sock in self.inherited:
             sock.close()
         logs.remove(self.log_handlers)

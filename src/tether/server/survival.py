@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import struct
 import time
 import zlib
@@ -499,7 +498,3 @@ def _new_memfd(name: str, size: int) -> int:
 def _name(key: str) -> str:
     # fd names may not hold ":" (LISTEN_FDNAMES separates with it); keys are session:project
     return key.replace(":", ".")
-
-
-def listening_sockets(fds: Sequence[int]) -> list[socket.socket]:
-    return [socket.socket(fileno=fd) for fd in fds]

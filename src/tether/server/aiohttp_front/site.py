@@ -52,7 +52,7 @@ class GuardedSite(web.TCPSite):
         handler = self._runner.server
         assert handler is not None
         listener, self._early = self._early, None
-        if listener is None or listener.server is None:
+        if listener is None:
             listener = Listener(self._pending_connections, self._terminals, Fallback())
             await listener.listen(
                 sock=self._sock,

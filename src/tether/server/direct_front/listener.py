@@ -83,10 +83,6 @@ class SniffingConnection(asyncio.Protocol):
         self._parked = False  # waiting for the fallback, what came meanwhile in _buffered
         self._undecided = False  # counted in the listener's undecided until it is decided
 
-    @property
-    def open(self) -> bool:
-        return self._transport is not None
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self._listener
         peer = transport.get_extra_info("peername")
@@ -278,3 +274,9 @@ class Listener:
             connection.abort()
         for connection in list(self.fallback.parked):
             connection.abort()
+
+    def close(self) -> None:
+        """Stop listening and cut every connection of ours (a start that failed)."""
+        if self.server is not None:
+            self.server.close()
+        self.abort_direct()
